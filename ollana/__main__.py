@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from ollana.cli import main
+
+main()

@@ -1,0 +1,71 @@
+"""The composition root: detect the role, open what the node needs, run it until shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+
+import aiohttp
+import structlog
+
+from ollana.config import Config, Mode, Role
+from ollana.proxy.headers import is_from_ollana
+from ollana.roles.client import ClientNode
+from ollana.roles.server import ServerNode
+from ollana.runtime import Node, Ready, Runtime, upstream_session
+from ollana.state import load_node_id
+
+log = structlog.get_logger(__name__)
+
+
+async def local_ollama_version(session: aiohttp.ClientSession, base_url: str, timeout: float) -> str | None:
+    """The version of the Ollama at ``base_url``, or None when nothing Ollama-like answers.
+
+    Asks the API only; an ollana (marked by its Via header) is never taken for an Ollama, so a
+    client proxy on 127.0.0.1:11434 does not make its own machine look like a server.
+    """
+    try:
+        async with session.get(base_url + "/api/version", timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            if resp.status != 200 or is_from_ollana(resp.headers):
+                return None
+            body = await resp.json(content_type=None)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):
+        return None
+    if isinstance(body, dict) and isinstance(body.get("version"), str):
+        return str(body["version"])
+    return None
+
+
+async def detect_role(config: Config, session: aiohttp.ClientSession) -> Role:
+    if config.mode is Mode.SERVER:
+        return Role.SERVER
+    if config.mode is Mode.CLIENT:
+        return Role.CLIENT
+    version = await local_ollama_version(session, config.ollama_url, config.timings.detect_timeout)
+    role = Role.SERVER if version is not None else Role.CLIENT
+    log.info("role_detected", role=role.value, ollama=config.ollama_url, ollama_version=version)
+    return role
+
+
+async def run(
+    config: Config,
+    shutdown: asyncio.Event,
+    ready: Callable[[Ready], None] = lambda _r: None,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Run one node until ``shutdown`` is set. Raises StartupError if it cannot start."""
+    async with AsyncExitStack() as stack:
+        session = await stack.enter_async_context(upstream_session(config.timings.connect_timeout))
+        role = await detect_role(config, session)
+        node = Node(
+            node_id=load_node_id(config.state_dir),
+            instance_id=secrets.token_bytes(8),
+            hostname=Node.local_hostname(),
+            started=clock(),
+        )
+        rt = Runtime(config=config, node=node, session=session, clock=clock)
+        runner = ServerNode(rt) if role is Role.SERVER else ClientNode(rt)
+        await runner.run(shutdown, ready)

@@ -1,0 +1,163 @@
+"""The command line: parse once, build a frozen Config, run the node (foreground or daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import structlog
+
+from ollana import __version__, log as logconf
+from ollana.config import (
+    DISCOVERY_DEFAULT_GROUP,
+    DISCOVERY_DEFAULT_PORT,
+    Config,
+    LogFormat,
+    Mode,
+    Timings,
+    default_state_dir,
+    parse_endpoint,
+    parse_ollama_host,
+)
+from ollana.errors import ConfigError, StartupError
+from ollana.runtime import Ready
+
+log = structlog.get_logger(__name__)
+
+
+def _endpoint(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return parse_endpoint(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _peers(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> Any:
+    try:
+        return tuple(parse_endpoint(v, default_port=11435) for v in values)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="ollana")
+def cli() -> None:
+    """ollana: Ollama over LAN.
+
+    Run `ollana serve` on every machine. Where an Ollama runs it becomes a server: it shares that
+    Ollama on the LAN. Elsewhere it becomes a client: Ollama apps on that machine use the
+    network's Ollama at 127.0.0.1:11434 with no configuration.
+    """
+
+
+@cli.command()
+@click.option("--mode", type=click.Choice([m.value for m in Mode]), default="auto", show_default=True,
+              help="auto: server if the local Ollama answers at start, else client.")
+@click.option("--force-server-mode", is_flag=True, help="Same as --mode server (kept for users of the original ollana).")
+@click.option("--ollama", "ollama", metavar="URL",
+              help="The local Ollama to share. Default: from OLLAMA_HOST, as Ollama reads it, else http://127.0.0.1:11434.")
+@click.option("--listen", callback=_endpoint, metavar="HOST:PORT",
+              help="Where to listen. Default: 127.0.0.1:11434 as client, 0.0.0.0:11435 as server.")
+@click.option("--discovery-port", type=click.IntRange(1, 65535), default=DISCOVERY_DEFAULT_PORT, show_default=True,
+              help="UDP port of discovery heartbeats and probes.")
+@click.option("--multicast-group", default=DISCOVERY_DEFAULT_GROUP, show_default=True, metavar="IPV4",
+              help="IPv4 multicast group of discovery (administratively scoped).")
+@click.option("--interface", "interfaces", multiple=True, metavar="NAME",
+              help="Run discovery on this interface (repeatable). Default: every up, multicast-capable, non-loopback one.")
+@click.option("--heartbeat-interval", type=click.FloatRange(0.05, 3600), default=2.0, show_default=True, metavar="SECONDS",
+              help="Seconds between a server's heartbeats; peers expire after 3 missed ones.")
+@click.option("--peer", "peers", multiple=True, callback=_peers, metavar="HOST[:PORT]",
+              help="A server to use besides the discovered ones (repeatable; port defaults to 11435).")
+@click.option("--no-discovery", is_flag=True, help="Neither announce nor listen for servers (use with --peer).")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), envvar="OLLANA_HOME",
+              help="Where ollana keeps its state [env: OLLANA_HOME].")
+@click.option("--log-format", type=click.Choice([f.value for f in LogFormat]), default="auto", show_default=True,
+              help="console on a terminal, JSON otherwise. Levels come from OLLANA_LOG (e.g. info,ollana.discovery=debug).")
+@click.option("--grace", type=click.FloatRange(0, 3600), default=10.0, show_default=True, metavar="SECONDS",
+              help="On shutdown, how long in-flight requests may take to finish.")
+def serve(**opts: Any) -> None:
+    """Serve: share the local Ollama (server) or use the LAN's Ollamas (client)."""
+    config = build_config(opts, os.environ, is_root=os.geteuid() == 0)
+    spec = _log_spec(os.environ)
+    logconf.configure(spec, config.log_format)
+    run_foreground(config)
+
+
+def build_config(opts: Mapping[str, Any], env: Mapping[str, str], *, is_root: bool) -> Config:
+    mode = Mode.SERVER if opts.get("force_server_mode") else Mode(opts.get("mode") or "auto")
+    try:
+        ollama_url = parse_ollama_host(opts.get("ollama") or env.get("OLLAMA_HOST"))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--ollama' / OLLAMA_HOST") from None
+    state_dir = opts.get("state_dir") or default_state_dir(env, is_root=is_root)
+    timings = replace(Timings(), heartbeat_interval=float(opts.get("heartbeat_interval") or 2.0),
+                      grace=float(opts.get("grace", 10.0)))
+    return Config(
+        mode=mode,
+        ollama_url=ollama_url,
+        listen=opts.get("listen"),
+        discovery=not opts.get("no_discovery"),
+        discovery_port=int(opts.get("discovery_port") or DISCOVERY_DEFAULT_PORT),
+        discovery_group=str(opts.get("multicast_group") or DISCOVERY_DEFAULT_GROUP),
+        interfaces=tuple(opts.get("interfaces") or ()),
+        static_peers=tuple(opts.get("peers") or ()),
+        state_dir=Path(state_dir),
+        log_format=LogFormat(opts.get("log_format") or "auto"),
+        timings=timings,
+    )
+
+
+def _log_spec(env: Mapping[str, str]) -> logconf.LogSpec:
+    try:
+        return logconf.parse_directives(env.get("OLLANA_LOG"))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def run_foreground(config: Config, on_ready: Callable[[Ready], None] = lambda _r: None) -> None:
+    """Run until SIGTERM/SIGINT. Exits 1 on a startup error, 2 on a configuration error."""
+    from ollana import app
+
+    async def main() -> None:
+        shutdown = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, shutdown.set)
+        await app.run(config, shutdown, on_ready)
+
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    except StartupError as exc:
+        log.error("startup_failed", error=str(exc))
+        _fail(str(exc), 1)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"ollana: error: {message}", err=True)
+    sys.exit(code)
+
+
+def main() -> None:
+    try:
+        code = cli.main(prog_name="ollana", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        _fail(exc.format_message() + hint, exc.exit_code)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

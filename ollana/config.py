@@ -1,0 +1,197 @@
+"""Configuration values and the pure parsers that build them.
+
+Everything here is pure: the CLI reads the environment once and passes it in, so deep modules never
+look at ``os.environ`` and tests build a ``Config`` directly.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+from ollana.errors import ConfigError
+
+OLLAMA_DEFAULT_PORT: Final = 11434
+PROXY_DEFAULT_PORT: Final = 11435
+DISCOVERY_DEFAULT_PORT: Final = 11436
+# IPv4 Local Scope (RFC 2365, 239.255.0.0/16): administratively scoped, never routed off-site.
+# The last two octets spell the discovery port so the group is easy to recognise in a capture.
+DISCOVERY_DEFAULT_GROUP: Final = "239.255.11.36"
+
+
+class Mode(enum.Enum):
+    AUTO = "auto"
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class Role(enum.Enum):
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class LogFormat(enum.Enum):
+    AUTO = "auto"
+    CONSOLE = "console"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def url_host(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Every interval and timeout in one value, passed in so tests can shrink them."""
+
+    heartbeat_interval: float = 2.0
+    # A peer is dropped after this many heartbeat intervals without news.
+    missed_heartbeats: int = 3
+    # How long role detection waits for the local Ollama to answer.
+    detect_timeout: float = 1.0
+    # TCP connect timeout towards an upstream; there is deliberately no read timeout.
+    connect_timeout: float = 3.0
+    # How long the client proxy waits for discovery before answering 503.
+    no_peer_grace: float = 3.0
+    # Timeout of one health check (upstream Ollama or peer proxy).
+    health_timeout: float = 1.5
+    # Graceful shutdown: how long in-flight requests may take to finish.
+    grace: float = 10.0
+
+    @property
+    def health_interval(self) -> float:
+        return self.heartbeat_interval
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    mode: Mode = Mode.AUTO
+    ollama_url: str = f"http://127.0.0.1:{OLLAMA_DEFAULT_PORT}"
+    # None means the role's default (see ``listen_for``).
+    listen: Endpoint | None = None
+    discovery: bool = True
+    discovery_port: int = DISCOVERY_DEFAULT_PORT
+    discovery_group: str = DISCOVERY_DEFAULT_GROUP
+    interfaces: tuple[str, ...] = ()
+    static_peers: tuple[Endpoint, ...] = ()
+    state_dir: Path = Path(".")
+    log_format: LogFormat = LogFormat.AUTO
+    # Request bodies up to this size are kept in memory so they can be replayed on another server.
+    replay_limit: int = 1024 * 1024
+    timings: Timings = field(default_factory=Timings)
+
+    def listen_for(self, role: Role) -> Endpoint:
+        if self.listen is not None:
+            return self.listen
+        if role is Role.CLIENT:
+            return Endpoint("127.0.0.1", OLLAMA_DEFAULT_PORT)
+        return Endpoint("0.0.0.0", PROXY_DEFAULT_PORT)
+
+
+def parse_port(text: str, *, what: str = "port") -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"invalid {what} {text!r}: not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"invalid {what} {text!r}: must be 0-65535")
+    return port
+
+
+def parse_endpoint(text: str, *, default_host: str = "0.0.0.0", default_port: int | None = None) -> Endpoint:
+    """Parse ``HOST:PORT``, ``[V6]:PORT``, ``:PORT`` or (with a default port) ``HOST``."""
+    text = text.strip()
+    if not text:
+        raise ConfigError("empty address")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ConfigError(f"invalid address {text!r}: missing ']'")
+        port_text = rest[1:] if rest.startswith(":") else rest
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"invalid address {text!r}")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    elif text.count(":") > 1:
+        raise ConfigError(f"invalid address {text!r}: write IPv6 addresses as [ADDR]:PORT")
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        if default_port is None:
+            raise ConfigError(f"invalid address {text!r}: a port is required (HOST:PORT)")
+        port = default_port
+    else:
+        port = parse_port(port_text)
+    return Endpoint(host or default_host, port)
+
+
+def parse_ollama_host(value: str | None) -> str:
+    """Turn an OLLAMA_HOST-style value into the base URL a client connects to.
+
+    Follows Ollama's own rules (envconfig.Host + ConnectableHost): no scheme means http on 11434,
+    an explicit http:// means port 80 and https:// port 443, a path is kept, an invalid port falls
+    back to the default, and an unspecified host means loopback.
+    """
+    raw = (value or "").strip().strip("\"'").strip()
+    if not raw:
+        return f"http://127.0.0.1:{OLLAMA_DEFAULT_PORT}"
+    if raw == "ollama.com":
+        return "https://ollama.com:443"
+    scheme, default_port = "http", OLLAMA_DEFAULT_PORT
+    if "://" in raw:
+        scheme, _, rest = raw.partition("://")
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ConfigError(f"invalid Ollama URL {value!r}: scheme must be http or https")
+        default_port = 443 if scheme == "https" else 80
+    else:
+        rest = raw
+    hostport, slash, path = rest.partition("/")
+    path = (slash + path).rstrip("/")
+    parts = urlsplit(f"//{hostport}")
+    try:
+        host = parts.hostname or ""
+        port = parts.port or default_port
+    except ValueError:
+        # An invalid port falls back to the default, as in Ollama.
+        host = parts.hostname or hostport.rsplit(":", 1)[0].strip("[]")
+        port = default_port
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"{scheme}://{Endpoint(host, port)}{path}"
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_state_dir(env: Mapping[str, str], *, is_root: bool) -> Path:
+    if env.get("OLLANA_HOME"):
+        return Path(env["OLLANA_HOME"])
+    if is_root:
+        return Path("/var/lib/ollana")
+    if env.get("XDG_DATA_HOME"):
+        return Path(env["XDG_DATA_HOME"]) / "ollana"
+    return Path(env.get("HOME", os.path.expanduser("~"))) / ".local" / "share" / "ollana"

@@ -1,0 +1,19 @@
+"""ollana's errors, named by meaning."""
+
+from __future__ import annotations
+
+
+class OllanaError(Exception):
+    """Base of every error ollana raises on purpose."""
+
+
+class ConfigError(OllanaError):
+    """A bad option, environment value or state file: reported in one line, exit code 2."""
+
+
+class StartupError(OllanaError):
+    """ollana cannot start (port busy, no usable interface...): reported in one line, exit 1."""
+
+
+class UpstreamUnavailable(OllanaError):
+    """The upstream (local Ollama, or a peer's proxy) could not be reached before any byte."""

@@ -1,0 +1,153 @@
+"""The one logging configuration, and the ``OLLANA_LOG`` directive parser.
+
+structlog renders; the standard library's logger hierarchy does the filtering, so an OLLANA_LOG
+directive such as ``info,ollana.discovery=debug,aiohttp=warn`` maps one-to-one onto logger levels
+(and reaches third-party loggers like aiohttp's and zeroconf's too).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from dataclasses import dataclass
+from typing import IO, Final
+
+import structlog
+
+from ollana.config import LogFormat
+from ollana.errors import ConfigError
+
+TRACE: Final = 5
+OFF: Final = logging.CRITICAL + 10
+LEVELS: Final = {
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "off": OFF,
+}
+DEFAULT_DIRECTIVES: Final = "info"
+# Third-party loggers are quiet unless a directive names them: their info lines duplicate ours.
+_QUIET_BY_DEFAULT: Final = ("aiohttp", "asyncio", "zeroconf")
+
+
+@dataclass(frozen=True, slots=True)
+class LogSpec:
+    default: int = logging.INFO
+    targets: tuple[tuple[str, int], ...] = ()
+
+
+def parse_directives(text: str | None) -> LogSpec:
+    """Parse RUST_LOG-style directives: ``LEVEL`` and/or ``TARGET=LEVEL``, comma-separated."""
+    if text is None or not text.strip():
+        text = DEFAULT_DIRECTIVES
+    default = logging.INFO
+    targets: list[tuple[str, int]] = []
+    for raw in text.split(","):
+        directive = raw.strip()
+        if not directive:
+            continue
+        target, eq, level_name = directive.partition("=")
+        if not eq:
+            level_name, target = directive, ""
+        level = LEVELS.get(level_name.strip().lower())
+        if level is None:
+            raise ConfigError(
+                f"invalid OLLANA_LOG directive {directive!r}: level must be one of "
+                + ", ".join(k for k in LEVELS if k != "warning")
+            )
+        # Accept Rust's path separator so RUST_LOG habits carry over.
+        target = target.strip().replace("::", ".")
+        if eq and not target:
+            raise ConfigError(f"invalid OLLANA_LOG directive {directive!r}: empty target")
+        if target:
+            targets.append((target, level))
+        else:
+            default = level
+    return LogSpec(default, tuple(targets))
+
+
+def _level_name(level: int) -> str:
+    return "trace" if level == TRACE else logging.getLevelName(level).lower()
+
+
+def configure(
+    spec: LogSpec,
+    fmt: LogFormat = LogFormat.AUTO,
+    *,
+    stream: IO[str] | None = None,
+    log_file: str | None = None,
+) -> logging.Handler:
+    """Configure logging once, at startup (after daemonising). Returns the installed handler."""
+    logging.addLevelName(TRACE, "TRACE")
+    handler: logging.Handler
+    if log_file is not None:
+        # WatchedFileHandler reopens the file when logrotate moves it, even without SIGHUP.
+        handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+        tty = False
+    else:
+        out = stream if stream is not None else sys.stderr
+        handler = logging.StreamHandler(out)
+        tty = bool(getattr(out, "isatty", lambda: False)())
+    use_json = fmt is LogFormat.JSON or (fmt is LogFormat.AUTO and not tty)
+
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=tty)
+    )
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    apply_levels(spec)
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    return handler
+
+
+def apply_levels(spec: LogSpec) -> None:
+    """Set logger levels from a spec; also used to reload levels on SIGHUP."""
+    root = logging.getLogger()
+    root.setLevel(spec.default)
+    named = {t for t, _ in spec.targets}
+    for name in _QUIET_BY_DEFAULT:
+        if name not in named:
+            logging.getLogger(name).setLevel(max(spec.default, logging.WARNING))
+    for target, level in spec.targets:
+        logging.getLogger(target).setLevel(level)
+
+
+def describe(spec: LogSpec) -> str:
+    parts = [_level_name(spec.default)] + [f"{t}={_level_name(lvl)}" for t, lvl in spec.targets]
+    return ",".join(parts)

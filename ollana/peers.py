@@ -1,0 +1,234 @@
+"""The client's table of known servers. Pure state: time is always passed in, nothing does I/O.
+
+Every mutating method returns what changed so the caller can log it; choosing where to send a
+request is a pure function of the table and ``now``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ollana.config import Endpoint
+from ollana.discovery.packet import Goodbye, Heartbeat
+
+
+class Source(enum.Enum):
+    MULTICAST = "multicast"
+    STATIC = "static"
+
+
+class ChangeKind(enum.Enum):
+    ADDED = "added"
+    RESTARTED = "restarted"
+    MOVED = "moved"
+    REMOVED = "removed"
+    EXPIRED = "expired"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(slots=True)
+class Peer:
+    key: str
+    endpoint: Endpoint
+    source: Source
+    first_seen: float
+    last_seen: float
+    ttl: float
+    instance_id: str = ""
+    scheme: str = "http"
+    hostname: str = ""
+    ollama_version: str = ""
+    healthy: bool = True
+    rtt_ms: float | None = None
+    inflight: int = 0
+    failures: int = 0
+    last_failure: float = -math.inf
+    # Other addresses the same node was heard on, with when: used if the current one goes quiet.
+    addresses: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.endpoint}"
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.key,
+            "hostname": self.hostname,
+            "address": self.endpoint.host,
+            "port": self.endpoint.port,
+            "scheme": self.scheme,
+            "source": self.source.value,
+            "healthy": self.healthy,
+            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
+            "inflight": self.inflight,
+            "ollama_version": self.ollama_version,
+            "last_seen_s_ago": round(max(0.0, now - self.last_seen), 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    kind: ChangeKind
+    peer: Peer
+
+
+class PeerTable:
+    def __init__(self, missed_heartbeats: int = 3) -> None:
+        self._missed = missed_heartbeats
+        self._peers: dict[str, Peer] = {}
+        # The server requests stick to while it stays healthy (blob upload, then create).
+        self._current: str | None = None
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(list(self._peers.values()))
+
+    def get(self, key: str) -> Peer | None:
+        return self._peers.get(key)
+
+    @property
+    def current(self) -> str | None:
+        return self._current
+
+    # -- discovery input -------------------------------------------------------------------
+
+    def observe(self, hb: Heartbeat, source_ip: str, now: float) -> Change | None:
+        key = hb.node_id.hex()
+        instance = hb.instance_id.hex()
+        ttl = self._missed * hb.interval_ms / 1000.0
+        peer = self._peers.get(key)
+        if peer is None:
+            peer = Peer(
+                key=key,
+                endpoint=Endpoint(source_ip, hb.proxy_port),
+                source=Source.MULTICAST,
+                first_seen=now,
+                last_seen=now,
+                ttl=ttl,
+                instance_id=instance,
+                scheme=hb.scheme,
+                hostname=hb.hostname,
+                ollama_version=hb.ollama_version,
+            )
+            peer.addresses[source_ip] = now
+            self._peers[key] = peer
+            return Change(ChangeKind.ADDED, peer)
+        peer.last_seen = now
+        peer.ttl = ttl
+        peer.hostname, peer.ollama_version, peer.scheme = hb.hostname, hb.ollama_version, hb.scheme
+        peer.addresses[source_ip] = now
+        if peer.instance_id != instance:
+            # A restarted server deserves a fresh start: forget failures of the old process.
+            peer.instance_id = instance
+            peer.endpoint = Endpoint(source_ip, hb.proxy_port)
+            peer.healthy, peer.failures, peer.rtt_ms = True, 0, None
+            return Change(ChangeKind.RESTARTED, peer)
+        current_fresh = now - peer.addresses.get(peer.endpoint.host, -math.inf) <= ttl
+        if peer.endpoint.port != hb.proxy_port or not current_fresh:
+            peer.endpoint = Endpoint(source_ip, hb.proxy_port)
+            return Change(ChangeKind.MOVED, peer)
+        return None
+
+    def goodbye(self, bye: Goodbye) -> Change | None:
+        key = bye.node_id.hex()
+        peer = self._peers.get(key)
+        # A late goodbye from a previous instance must not remove its restarted successor.
+        if peer is None or peer.instance_id != bye.instance_id.hex():
+            return None
+        return self._remove(key, ChangeKind.REMOVED)
+
+    def add_static(self, endpoint: Endpoint, now: float) -> Change | None:
+        key = f"static:{endpoint}"
+        if key in self._peers:
+            return None
+        peer = Peer(key, endpoint, Source.STATIC, now, now, ttl=math.inf)
+        self._peers[key] = peer
+        return Change(ChangeKind.ADDED, peer)
+
+    def expire(self, now: float) -> list[Change]:
+        gone = [p.key for p in self._peers.values() if now - p.last_seen > p.ttl]
+        changes = [self._remove(key, ChangeKind.EXPIRED) for key in gone]
+        for peer in self._peers.values():
+            stale = [a for a, seen in peer.addresses.items() if now - seen > peer.ttl]
+            for addr in stale:
+                del peer.addresses[addr]
+        return [c for c in changes if c is not None]
+
+    def _remove(self, key: str, kind: ChangeKind) -> Change | None:
+        peer = self._peers.pop(key, None)
+        if peer is None:
+            return None
+        if self._current == key:
+            self._current = None
+        return Change(kind, peer)
+
+    # -- health input ----------------------------------------------------------------------
+
+    def mark_failed(self, key: str, now: float) -> Change | None:
+        peer = self._peers.get(key)
+        if peer is None:
+            return None
+        peer.failures += 1
+        peer.last_failure = now
+        if self._current == key:
+            self._current = None
+        if peer.healthy:
+            peer.healthy = False
+            return Change(ChangeKind.UNHEALTHY, peer)
+        return None
+
+    def mark_healthy(self, key: str, rtt_ms: float | None, now: float) -> Change | None:
+        peer = self._peers.get(key)
+        if peer is None:
+            return None
+        if rtt_ms is not None:
+            # Smooth like TCP's SRTT so one slow answer does not reorder servers.
+            peer.rtt_ms = rtt_ms if peer.rtt_ms is None else 0.8 * peer.rtt_ms + 0.2 * rtt_ms
+        if peer.source is Source.STATIC:
+            peer.last_seen = now
+        peer.failures = 0
+        if not peer.healthy:
+            peer.healthy = True
+            return Change(ChangeKind.HEALTHY, peer)
+        return None
+
+    def begin(self, key: str) -> None:
+        peer = self._peers.get(key)
+        if peer is not None:
+            peer.inflight += 1
+
+    def end(self, key: str) -> None:
+        peer = self._peers.get(key)
+        if peer is not None and peer.inflight > 0:
+            peer.inflight -= 1
+
+    def settle(self, key: str) -> None:
+        """A request succeeded on this peer: keep sending there while it stays healthy."""
+        if key in self._peers:
+            self._current = key
+
+    # -- choice ----------------------------------------------------------------------------
+
+    def candidates(self, now: float) -> list[Peer]:
+        return candidates(list(self._peers.values()), self._current, now)
+
+
+def candidates(peers: list[Peer], current: str | None, now: float) -> list[Peer]:
+    """Servers in the order to try them.
+
+    The current server first while it is healthy (stability: an upload and the create that uses
+    it must land on the same Ollama); then healthy servers by measured RTT (unmeasured last), then
+    fewest in-flight requests; unhealthy ones last, least recently failed first, as a last resort
+    since a server marked down may have come back before its next health check.
+    """
+    healthy = [p for p in peers if p.healthy]
+    healthy.sort(key=lambda p: (p.key != current, p.rtt_ms is None, p.rtt_ms or 0.0, p.inflight, p.key))
+    unhealthy = sorted((p for p in peers if not p.healthy), key=lambda p: (p.last_failure, p.key))
+    return healthy + unhealthy

@@ -1,0 +1,182 @@
+"""Streaming one request to one upstream and its response back: the bytes-moving core.
+
+Bodies are never buffered beyond a small replay bound, never decompressed and never re-framed:
+each chunk the upstream writes is written to the client as soon as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+import structlog
+import yarl
+from aiohttp import web
+
+from ollana.errors import UpstreamUnavailable
+from ollana.proxy.headers import request_headers, response_headers
+
+log = structlog.get_logger(__name__)
+
+NDJSON: Final = "application/x-ndjson"
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a request goes: an upstream base URL, the Host it expects, and a key for bookkeeping."""
+
+    key: str
+    base_url: str
+    host_header: str
+
+    def url_for(self, raw_path: str) -> yarl.URL:
+        # raw_path keeps the client's exact percent-encoding and query string.
+        return yarl.URL(self.base_url + raw_path, encoded=True)
+
+
+class BodySource:
+    """The request body as upstream requests read it.
+
+    Bodies up to ``replay_limit`` bytes with a known length are read once and kept, so a request
+    whose server failed before answering can be sent to another one. Larger bodies stream; they
+    can be replayed only while not a byte of them has been sent.
+    """
+
+    def __init__(self, request: web.BaseRequest, replay_limit: int) -> None:
+        self._request = request
+        self._limit = replay_limit
+        self._buffer: bytes | None = None
+        self._consumed = False
+
+    async def prepare(self) -> None:
+        length = self._request.content_length
+        if not self._request.body_exists:
+            self._buffer = b""
+        elif length is not None and length <= self._limit:
+            self._buffer = await self._request.content.readexactly(length)
+
+    @property
+    def replayable(self) -> bool:
+        return self._buffer is not None or not self._consumed
+
+    def data(self) -> bytes | AsyncIterator[bytes] | None:
+        if self._buffer is not None:
+            return self._buffer if self._buffer else None
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[bytes]:
+        async for chunk in self._request.content.iter_any():
+            self._consumed = True
+            yield chunk
+
+
+def refuse_non_origin_form(request: web.BaseRequest) -> tuple[int, str] | None:
+    """ollana is a reverse proxy, not an open relay: only origin-form targets (``/path``)."""
+    if request.method == "CONNECT":
+        return 405, "CONNECT is not supported: ollana is not a forward proxy"
+    if not request.raw_path.startswith("/"):
+        return 400, "absolute-form and asterisk-form request targets are refused: ollana only forwards to its own upstream"
+    return None
+
+
+async def open_upstream(
+    session: aiohttp.ClientSession,
+    request: web.BaseRequest,
+    target: Target,
+    body: BodySource,
+    *,
+    connect_timeout: float,
+) -> aiohttp.ClientResponse:
+    """Send the request; return once the upstream's status line and headers arrived.
+
+    Raises ``UpstreamUnavailable`` when no response came (connection refused, reset or timed
+    out before any response byte). No read timeout on purpose: a model may load for minutes.
+    """
+    timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout, sock_read=None)
+    try:
+        return await session.request(
+            request.method,
+            target.url_for(request.raw_path),
+            headers=request_headers(request.headers, target.host_header),
+            data=body.data(),
+            allow_redirects=False,
+            timeout=timeout,
+        )
+    except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise UpstreamUnavailable(f"{target.base_url}: {reason}") from exc
+
+
+@dataclass(slots=True)
+class Relayed:
+    response: web.StreamResponse
+    body_bytes: int = 0
+    # Why the body did not complete, if it did not (upstream died, client left).
+    broken: str | None = None
+
+
+async def relay(request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> Relayed:
+    """Stream the upstream response to the client, chunk by chunk, as it arrives.
+
+    A stream the upstream breaks is never passed off as complete: an NDJSON stream gets a final
+    ``{"error": ...}`` line, as Ollama itself does; anything else has its connection aborted so
+    the client sees a truncated message rather than a short one.
+    """
+    out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    out.headers.extend(response_headers(upstream.headers))
+    length = upstream.headers.get("Content-Length")
+    if length is not None and length.isdigit() and upstream.status not in _NO_BODY_STATUSES:
+        out.content_length = int(length)
+    result = Relayed(out)
+    try:
+        await out.prepare(request)
+        ends_with_newline = True
+        async for chunk in upstream.content.iter_any():
+            await out.write(chunk)
+            result.body_bytes += len(chunk)
+            ends_with_newline = chunk.endswith(b"\n")
+        await out.write_eof()
+        upstream.release()
+        return result
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        upstream.close()
+        if isinstance(exc, aiohttp.ClientConnectionResetError) or request.transport is None or request.transport.is_closing():
+            result.broken = "client disconnected"
+            return result
+        result.broken = f"upstream broke the stream: {exc or type(exc).__name__}"
+        await _signal_broken(request, upstream, out, result, ends_with_newline)
+        return result
+    except ConnectionResetError:
+        upstream.close()
+        result.broken = "client disconnected"
+        return result
+    except BaseException:
+        # Cancellation (client went away) included: closing, not releasing, the upstream
+        # connection is what tells Ollama to stop generating.
+        upstream.close()
+        raise
+
+
+async def _signal_broken(
+    request: web.BaseRequest,
+    upstream: aiohttp.ClientResponse,
+    out: web.StreamResponse,
+    result: Relayed,
+    ends_with_newline: bool,
+) -> None:
+    chunked = out.content_length is None
+    if chunked and upstream.headers.get("Content-Type", "").startswith(NDJSON):
+        line = json.dumps({"error": f"ollana: {result.broken}"}).encode() + b"\n"
+        try:
+            await out.write(line if ends_with_newline else b"\n" + line)
+            await out.write_eof()
+            return
+        except (ConnectionError, aiohttp.ClientConnectionError):
+            pass
+    if request.transport is not None:
+        request.transport.abort()

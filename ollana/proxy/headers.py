@@ -1,0 +1,74 @@
+"""Header policy: what a hop forwards, drops and rewrites. Pure functions over multidicts."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus the legacy ones Ollama itself strips when it proxies
+# (server/cloud_proxy.go), plus Expect: aiohttp answers 100-continue to our client itself.
+HOP_BY_HOP: Final = frozenset(
+    istr(h)
+    for h in (
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+    )
+)
+VIA_TOKEN: Final = "ollana"
+VIA_VALUE: Final = f"1.1 {VIA_TOKEN}"
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[istr]:
+    tokens: set[istr] = set()
+    for value in headers.getall("Connection", ()):
+        tokens.update(istr(t.strip()) for t in value.split(",") if t.strip())
+    return tokens
+
+
+def _strip(headers: CIMultiDictProxy[str] | CIMultiDict[str], extra: frozenset[istr]) -> CIMultiDict[str]:
+    drop = HOP_BY_HOP | extra | _connection_tokens(headers)
+    return CIMultiDict((k, v) for k, v in headers.items() if istr(k) not in drop)
+
+
+def request_headers(incoming: CIMultiDictProxy[str], upstream_host: str) -> CIMultiDict[str]:
+    """Headers for the upstream request: everything end-to-end passes unchanged, in order.
+
+    Host is rewritten to the upstream's, because Ollama bound to loopback rejects any other
+    Host with 403 (its allowed-hosts check). Content-Length stays: the body is streamed as-is.
+    """
+    out = _strip(incoming, frozenset({istr("host")}))
+    out["Host"] = upstream_host
+    return out
+
+
+def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """Headers for the client's response. Content-Length is set by the caller from the body."""
+    out = _strip(upstream, frozenset({istr("content-length")}))
+    add_via(out)
+    return out
+
+
+def add_via(headers: CIMultiDict[str]) -> None:
+    """Mark a response as having passed through (or come from) ollana (RFC 9110 §7.6.3).
+
+    Role detection relies on it: an endpoint whose answers carry it is an ollana, not an Ollama.
+    """
+    headers.add("Via", VIA_VALUE)
+
+
+def is_from_ollana(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
+    for value in headers.getall("Via", ()):
+        for hop in value.split(","):
+            parts = hop.split()
+            if len(parts) >= 2 and parts[1] == VIA_TOKEN:
+                return True
+    return False

@@ -1,0 +1,205 @@
+"""Server role: reverse-proxy the local Ollama on the LAN and announce it while it answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, Final
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from ollana import __version__
+from ollana.config import Endpoint, Role
+from ollana.discovery.net import Interface
+from ollana.discovery.packet import Goodbye, Heartbeat, Packet, Probe
+from ollana.discovery.service import Discovery
+from ollana.proxy.answers import error, json_response
+from ollana.proxy.forward import Target
+from ollana.proxy.handler import ProxyHandler
+from ollana.proxy.headers import is_from_ollana
+from ollana.httpserver import listening
+from ollana.runtime import Ready, Runtime
+
+log = structlog.get_logger(__name__)
+
+# Probes are answered at once, but at most this often, so a probe flood cannot make us flood.
+PROBE_ANSWER_GAP: Final = 0.2
+GOODBYE_REPEATS: Final = 2
+
+
+class OllamaHealth:
+    """Whether the local Ollama answers, checked with ``GET /api/version``."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, timeout: float) -> None:
+        self._session = session
+        self._url = base_url + "/api/version"
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.up = False
+        self.version = ""
+        self.last_error = "not checked yet"
+        self.poked = asyncio.Event()
+
+    async def check(self) -> bool:
+        """Check once; returns True when the up/down state changed."""
+        was = self.up
+        try:
+            async with self._session.get(self._url, timeout=self._timeout) as resp:
+                if resp.status != 200 or is_from_ollana(resp.headers):
+                    raise ValueError(f"status {resp.status}" if resp.status != 200 else "that is an ollana, not an Ollama")
+                body = await resp.json(content_type=None)
+                self.version = str(body.get("version", "")) if isinstance(body, dict) else ""
+            self.up, self.last_error = True, ""
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError) as exc:
+            self.up, self.last_error = False, str(exc) or type(exc).__name__
+        return self.up != was
+
+
+class ServerRoute:
+    def __init__(self, target: Target, health: OllamaHealth) -> None:
+        self._target = target
+        self._health = health
+
+    async def targets(self) -> list[Target]:
+        return [self._target]
+
+    def begin(self, target: Target) -> None:
+        pass
+
+    def end(self, target: Target, *, ok: bool) -> None:
+        pass
+
+    def failed(self, target: Target, reason: str) -> None:
+        log.warning("upstream_unreachable", upstream=target.base_url, reason=reason)
+        self._health.poked.set()
+
+    def unavailable(self, request: web.BaseRequest, tried: list[str]) -> web.Response:
+        url = self._target.base_url
+        if not self._health.up:
+            return error(request, 503, f"ollana: the Ollama at {url} is not answering ({self._health.last_error}); try again later", not_forwarded=True)
+        return error(request, 502, f"ollana: cannot reach the Ollama at {url}", not_forwarded=True)
+
+
+class ServerNode:
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        cfg = rt.config
+        self._health = OllamaHealth(rt.session, cfg.ollama_url, cfg.timings.health_timeout)
+        upstream_host = cfg.ollama_url.split("://", 1)[1].split("/", 1)[0]
+        self._route = ServerRoute(Target("ollama", cfg.ollama_url, upstream_host), self._health)
+        self._discovery: Discovery | None = None
+        self._listen = cfg.listen_for(Role.SERVER)
+        self._announcing = False
+        self._last_probe_answer = -1e9
+
+    async def run(self, shutdown: asyncio.Event, ready: Callable[[Ready], None]) -> None:
+        cfg = self._rt.config
+        handler = ProxyHandler(
+            self._rt.session, self._route, self._status,
+            connect_timeout=cfg.timings.connect_timeout, replay_limit=0,
+        )
+        await self._health.check()
+        log.info("ollama_checked", upstream=cfg.ollama_url, up=self._health.up, version=self._health.version or None)
+        busy = f"another program (perhaps another ollana) uses port {self._listen.port}; choose another with --listen"
+        async with listening(handler, self._listen, grace=cfg.timings.grace, busy_hint=busy) as bound:
+            self._listen = bound
+            if cfg.discovery:
+                self._discovery = Discovery(
+                    port=cfg.discovery_port, group=cfg.discovery_group, interface_names=cfg.interfaces,
+                    instance_id=self._rt.node.instance_id, clock=self._rt.clock, on_packet=self._on_packet,
+                )
+                await self._discovery.start()
+            try:
+                log.info("serving", role="server", listen=str(bound), upstream=cfg.ollama_url)
+                ready(Ready(Role.SERVER, bound, self._rt.node.node_id.hex()))
+                async with asyncio.TaskGroup() as tg:
+                    loop_task = tg.create_task(self._announce_loop())
+                    await shutdown.wait()
+                    loop_task.cancel()
+                self._say_goodbye()
+            finally:
+                if self._discovery is not None:
+                    self._discovery.close()
+            log.info("stopped", role="server", grace_s=cfg.timings.grace)
+
+    # -- discovery -------------------------------------------------------------------------
+
+    def _heartbeat(self, iface: Interface) -> Heartbeat:
+        assert self._discovery is not None
+        return Heartbeat(
+            node_id=self._rt.node.node_id,
+            instance_id=self._rt.node.instance_id,
+            seq=self._discovery.next_seq(),
+            proxy_port=self._listen.port,
+            interval_ms=int(self._rt.config.timings.heartbeat_interval * 1000),
+            scheme="http",
+            hostname=self._rt.node.hostname[:255],
+            ollama_version=self._health.version[:255],
+            ollana_version=__version__,
+            address=iface.address,
+        )
+
+    def _say_goodbye(self) -> None:
+        disc = self._discovery
+        if disc is None or not self._announcing:
+            return
+        self._announcing = False
+        node = self._rt.node
+        # Sent twice: a single lost datagram should not leave clients waiting for expiry.
+        for _ in range(GOODBYE_REPEATS):
+            disc.send(lambda _iface: Goodbye(node.node_id, node.instance_id, disc.next_seq()))
+        log.info("goodbye_sent")
+
+    def _on_packet(self, packet: Packet, source: str, now: float) -> None:
+        if not isinstance(packet, Probe) or self._discovery is None or not self._health.up:
+            return
+        if now - self._last_probe_answer < PROBE_ANSWER_GAP:
+            return
+        self._last_probe_answer = now
+        log.debug("probe_answered", source=source)
+        self._discovery.send(self._heartbeat)
+
+    async def _announce_loop(self) -> None:
+        timings = self._rt.config.timings
+        tick = 0
+        while True:
+            changed = await self._health.check()
+            if changed:
+                log.info("ollama_up" if self._health.up else "ollama_down",
+                         upstream=self._rt.config.ollama_url, version=self._health.version or None,
+                         error=self._health.last_error or None)
+            if self._discovery is not None:
+                if tick % 5 == 0:
+                    self._discovery.refresh_interfaces()
+                tick += 1
+                if self._health.up:
+                    self._announcing = True
+                    self._discovery.send(self._heartbeat)
+                elif changed:
+                    self._say_goodbye()
+            self._health.poked.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._health.poked.wait(), timings.heartbeat_interval)
+
+    # -- ollana's own endpoints -----------------------------------------------------------
+
+    async def _status(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path.rstrip("/") != "/ollana/v1/status":
+            return error(request, 404, f"no such ollana endpoint: {request.path}")
+        if request.method not in ("GET", "HEAD"):
+            return error(request, 405, "method not allowed")
+        body: dict[str, Any] = self._rt.base_status(Role.SERVER, self._listen)
+        body["upstream"] = {
+            "url": self._rt.config.ollama_url,
+            "healthy": self._health.up,
+            "version": self._health.version,
+            "error": self._health.last_error or None,
+        }
+        body["announcing"] = self._announcing
+        body["interfaces"] = [
+            {"name": i.name, "address": i.address} for i in (self._discovery.interfaces if self._discovery else [])
+        ]
+        return json_response(200, body)
+

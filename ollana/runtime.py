@@ -1,0 +1,70 @@
+"""What every role is handed: the configuration, the node's identity, the clock, the session."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from ollana import __version__
+from ollana.config import Config, Endpoint, Role
+
+# aiohttp adds these when absent; a transparent proxy must not invent headers the client never sent.
+_NO_AUTO_HEADERS = ("User-Agent", "Content-Type", "Accept", "Accept-Encoding")
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    node_id: bytes
+    instance_id: bytes
+    hostname: str
+    started: float  # on the runtime clock
+
+    @staticmethod
+    def local_hostname() -> str:
+        return socket.gethostname()
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Reported once the node serves: what it became and where it listens."""
+
+    role: Role
+    listen: Endpoint
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    config: Config
+    node: Node
+    session: aiohttp.ClientSession
+    clock: Callable[[], float] = time.monotonic
+
+    def base_status(self, role: Role, listen: Endpoint) -> dict[str, Any]:
+        return {
+            "ollana": __version__,
+            "node_id": self.node.node_id.hex(),
+            "instance_id": self.node.instance_id.hex(),
+            "hostname": self.node.hostname,
+            "role": role.value,
+            "listen": str(listen),
+            "uptime_s": round(self.clock() - self.node.started, 3),
+        }
+
+
+def upstream_session(connect_timeout: float) -> aiohttp.ClientSession:
+    """The one pooled client session of a node's lifetime (keep-alive connections are reused)."""
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0, ttl_dns_cache=10)
+    return aiohttp.ClientSession(
+        connector=connector,
+        skip_auto_headers=_NO_AUTO_HEADERS,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=None),
+        trust_env=False,
+    )
