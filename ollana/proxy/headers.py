@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from multidict import CIMultiDict, CIMultiDictProxy
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the legacy ones Ollama itself strips when it proxies
 # (server/cloud_proxy.go), plus Expect: aiohttp answers 100-continue to our client itself.
+# Lower-case names: membership is tested on ``name.lower()`` (multidict's istr compares as str).
 HOP_BY_HOP: Final = frozenset(
-    istr(h)
-    for h in (
+    (
         "connection",
         "keep-alive",
         "proxy-connection",
@@ -27,16 +27,16 @@ VIA_TOKEN: Final = "ollana"
 VIA_VALUE: Final = f"1.1 {VIA_TOKEN}"
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[istr]:
-    tokens: set[istr] = set()
+def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    tokens: set[str] = set()
     for value in headers.getall("Connection", ()):
-        tokens.update(istr(t.strip()) for t in value.split(",") if t.strip())
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
     return tokens
 
 
-def _strip(headers: CIMultiDictProxy[str] | CIMultiDict[str], extra: frozenset[istr]) -> CIMultiDict[str]:
+def _strip(headers: CIMultiDictProxy[str] | CIMultiDict[str], extra: frozenset[str]) -> CIMultiDict[str]:
     drop = HOP_BY_HOP | extra | _connection_tokens(headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if istr(k) not in drop)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
 def request_headers(incoming: CIMultiDictProxy[str], upstream_host: str) -> CIMultiDict[str]:
@@ -45,14 +45,14 @@ def request_headers(incoming: CIMultiDictProxy[str], upstream_host: str) -> CIMu
     Host is rewritten to the upstream's, because Ollama bound to loopback rejects any other
     Host with 403 (its allowed-hosts check). Content-Length stays: the body is streamed as-is.
     """
-    out = _strip(incoming, frozenset({istr("host")}))
+    out = _strip(incoming, frozenset({"host"}))
     out["Host"] = upstream_host
     return out
 
 
 def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Headers for the client's response. Content-Length is set by the caller from the body."""
-    out = _strip(upstream, frozenset({istr("content-length")}))
+    out = _strip(upstream, frozenset({"content-length"}))
     add_via(out)
     return out
 

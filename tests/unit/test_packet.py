@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from ollana.discovery.packet import (
+    HEADER,
+    MAX_PACKET,
+    TLV,
+    Goodbye,
+    Heartbeat,
+    PacketError,
+    Probe,
+    decode,
+    encode,
+)
+
+NODE = bytes(range(16))
+INST = bytes(range(8))
+
+
+def heartbeat(**kw: object) -> Heartbeat:
+    fields: dict[str, object] = dict(
+        node_id=NODE, instance_id=INST, seq=7, proxy_port=11435, interval_ms=2000,
+        scheme="http", hostname="gpu-box", ollama_version="0.33.0", ollana_version="0.1.0",
+        address="10.77.0.2",
+    )
+    fields.update(kw)
+    return Heartbeat(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        heartbeat(),
+        heartbeat(hostname="ünïcødé-hôst", address=None, scheme="https"),
+        heartbeat(address="fd77::2", seq=0xFFFFFFFF),
+        Goodbye(NODE, INST, 1),
+        Probe(NODE, INST, 2),
+    ],
+)
+def test_round_trip(packet: object) -> None:
+    assert decode(encode(packet)) == packet  # type: ignore[arg-type]
+
+
+def test_heartbeat_fits_one_datagram_with_long_strings() -> None:
+    data = encode(heartbeat(hostname="h" * 255, ollama_version="v" * 255, ollana_version="o" * 255))
+    assert len(data) <= MAX_PACKET
+
+
+def test_too_long_text_is_refused_when_encoding() -> None:
+    with pytest.raises(PacketError):
+        encode(heartbeat(hostname="h" * 256))
+
+
+def test_unknown_fields_are_ignored() -> None:
+    data = encode(heartbeat()) + TLV.pack(200, 5) + b"later"
+    assert decode(data) == heartbeat()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda d: b"XXXX" + d[4:], "bad_magic"),
+        (lambda d: d[:4] + bytes([2]) + d[5:], "unknown_version"),
+        (lambda d: d[:5] + bytes([9]) + d[6:], "unknown_type"),
+        (lambda d: d[:-1], "truncated"),
+        (lambda d: d[: HEADER.size + 1], "truncated"),
+        (lambda d: d[:3], "truncated"),
+        (lambda d: d + b"\x00" * (MAX_PACKET + 1 - len(d)), "too_big"),
+        (lambda d: d + TLV.pack(1, 16) + bytes(16), "duplicate_field"),
+    ],
+)
+def test_bad_packets_raise_packet_error(mutate: object, reason: str) -> None:
+    with pytest.raises(PacketError) as info:
+        decode(mutate(encode(heartbeat())))  # type: ignore[operator]
+    assert info.value.reason == reason
+
+
+def test_missing_required_field() -> None:
+    data = HEADER.pack(b"OLNA", 1, 1, 0) + TLV.pack(1, 16) + NODE
+    with pytest.raises(PacketError) as info:
+        decode(data)
+    assert info.value.reason == "missing_field"
+
+
+def test_wrong_size_field_and_bad_utf8() -> None:
+    good = encode(Probe(NODE, INST, 1))
+    short_node = HEADER.pack(b"OLNA", 1, 3, 0) + TLV.pack(1, 3) + b"abc" + good[HEADER.size + TLV.size + 16 :]
+    with pytest.raises(PacketError):
+        decode(short_node)
+    bad_host = encode(heartbeat(hostname="ab")).replace(b"ab", b"\xff\xfe")
+    with pytest.raises(PacketError):
+        decode(bad_host)
+
+
+def test_garbage_never_raises_anything_but_packet_error() -> None:
+    rng = random.Random(1234)
+    valid = encode(heartbeat())
+    for i in range(5000):
+        if i % 2:
+            data = os.urandom(rng.randrange(0, 1300))
+        else:  # flip bytes in a valid packet: exercises the deeper parsing paths
+            buf = bytearray(valid)
+            for _ in range(rng.randrange(1, 6)):
+                buf[rng.randrange(len(buf))] = rng.randrange(256)
+            data = bytes(buf[: rng.randrange(len(buf) + 1)])
+        try:
+            decode(data)
+        except PacketError:
+            pass
