@@ -71,7 +71,8 @@ def parse_directives(text: str | None) -> LogSpec:
 
 
 def _level_name(level: int) -> str:
-    return "trace" if level == TRACE else logging.getLevelName(level).lower()
+    names = {v: k for k, v in LEVELS.items() if k != "warning"}
+    return names.get(level, str(level))
 
 
 def configure(
