@@ -1,0 +1,92 @@
+"""Helpers to put fake Ollamas and ollana nodes on lab hosts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.lab.netns import Host, Lab
+
+# Short enough that expiry-based tests stay fast, long enough to be robust on a busy CI box.
+INTERVAL = 0.5
+
+
+@dataclass
+class Node:
+    host: Host
+    proc: subprocess.Popen[bytes] | None = None
+    fake: subprocess.Popen[bytes] | None = None
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def log_name(self) -> str:
+        return f"ollana-{self.host.name}"
+
+
+def start_fake(host: Host, *args: str, port: int = 11434) -> subprocess.Popen[bytes]:
+    proc = host.popen(
+        [sys.executable, "-m", "tests.fakeollama", "--host", "127.0.0.1", "--port", str(port), *args],
+        log_name=f"fake-{host.name}",
+    )
+    host.wait_for_line(proc, r"fakeollama listening on", timeout=15)
+    return proc
+
+
+def ollana_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ollana", "serve", "--heartbeat-interval", str(INTERVAL), *args]
+
+
+def start_ollana(host: Host, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> subprocess.Popen[bytes]:
+    full_env = {"OLLANA_LOG": "debug", "OLLANA_HOME": str(host.dir / "state")}
+    full_env.update(env or {})
+    proc = host.popen(ollana_argv("--log-format", "json", *args), env=full_env, log_name=f"ollana-{host.name}")
+    if wait:
+        host.wait_for_line(proc, r'"event": "serving"', timeout=15)
+    return proc
+
+
+def clientops(host: Host, *args: str, timeout: float = 60) -> dict[str, Any]:
+    res = host.run([sys.executable, "-m", "tests.lab.clientops", *args], timeout=timeout)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def status(host: Host, port: int = 11434, addr: str = "127.0.0.1") -> dict[str, Any]:
+    code = (
+        "import httpx,sys;"
+        f"print(httpx.get('http://{addr}:{port}/ollana/v1/status', timeout=5).text)"
+    )
+    return json.loads(host.python(code).stdout)
+
+
+def stop(host: Host, proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> float:
+    """Signal a process, return the time.time() at which it was signalled."""
+    at = time.time()
+    proc.send_signal(sig)
+    return at
+
+
+@dataclass
+class Lan:
+    lab: Lab
+    servers: list[Node]
+    client: Node
+
+
+def build(lab: Lab, servers: int = 2, *, start_client: bool = True) -> Lan:
+    nodes = []
+    for i in range(servers):
+        host = lab.add_host(f"s{i + 1}")
+        node = Node(host)
+        node.fake = start_fake(host)
+        node.proc = start_ollana(host)
+        nodes.append(node)
+    chost = lab.add_host("c")
+    client = Node(chost)
+    if start_client:
+        client.proc = start_ollana(chost)
+    return Lan(lab, nodes, client)
