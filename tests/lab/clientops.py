@@ -47,7 +47,7 @@ def official_suite(base: str) -> dict[str, Any]:
     out["embed_dims"] = len(client.embed(model=emb[0], input="text").embeddings[0])
     out["pull_statuses"] = [p.status for p in client.pull("tinyllama:latest", stream=True)][-1:]
     with tempfile.NamedTemporaryFile(suffix=".gguf", delete=False) as f:
-        f.write(os.urandom(3 * 1024 * 1024 + 17))
+        f.write(b"GGUF" + os.urandom(3 * 1024 * 1024 + 13))  # create checks the GGUF magic
         path = f.name
     digest = client.create_blob(path)
     out["blob_digest_ok"] = digest == "sha256:" + hashlib.sha256(open(path, "rb").read()).hexdigest()
@@ -129,8 +129,13 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--healthy", action="store_true")
-    p.add_argument("argv", nargs="*")
-    a = p.parse_args()
+    args = sys.argv[1:]
+    rest: list[str] = []
+    if "--" in args:  # what follows "--" is a command line to start
+        cut = args.index("--")
+        args, rest = args[:cut], args[cut + 1 :]
+    a = p.parse_args(args)
+    a.argv = rest
     if a.op == "suite":
         _emit(official_suite(a.base))
     elif a.op == "wait-ok":

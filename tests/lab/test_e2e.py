@@ -1,0 +1,169 @@
+"""`ollana serve` end to end on the namespace LAN: two servers with fake Ollamas, one client."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+
+import pytest
+
+from tests.lab.netns import Lab
+from tests.lab.ollanalan import INTERVAL, build, clientops, ollana_argv, start_fake, start_ollana, status
+
+pytestmark = pytest.mark.lab
+
+
+def test_official_client_full_api_through_the_lan(lab: Lab) -> None:
+    lan = build(lab, servers=2)
+    clientops(lan.client.host, "wait-peers", "--count", "2", "--healthy", "--timeout", "10")
+    out = clientops(lan.client.host, "suite", timeout=120)
+    assert out["list"], out
+    assert out["generate_chunks"] > 1 and out["generate_text"]
+    assert out["chat_role"] == "assistant" and out["chat_stream_chunks"] > 1
+    assert out["show_has_modelfile"] and out["embed_dims"] > 0
+    assert out["pull_statuses"] == ["success"]
+    assert out["blob_digest_ok"] and out["create_status"] == "success"
+    assert out["copy"] == "success" and out["delete"] == "success"
+    assert "mine:latest" in out["list_after"] and "mine-copy:latest" not in out["list_after"]
+    assert out["missing_model_status"] == 404
+    assert out["sse_type"].startswith("text/event-stream") and out["sse_done"] == "[DONE]"
+    assert out["sse_events"] > 2
+    # The blob upload and the create that used it landed on the same server.
+    st = status(lan.client.host)
+    assert st["role"] == "client" and len(st["peers"]) == 2
+    assert all(p["source"] == "multicast" for p in st["peers"])
+
+
+def test_client_started_after_servers_answers_within_2s(lab: Lab) -> None:
+    lan = build(lab, servers=1, start_client=False)
+    env_argv = ["env", f"OLLANA_HOME={lan.client.host.dir / 'state'}", *ollana_argv()]
+    out = clientops(lan.client.host, "start-and-wait", "--timeout", "10", "--", *env_argv)
+    assert out["ok"], out
+    assert out["elapsed"] < 2.0, out
+
+
+def test_server_started_after_client_is_usable_within_1s(lab: Lab) -> None:
+    lan = build(lab, servers=0)
+    host = lab.add_host("s1")
+    start_fake(host)
+    proc = start_ollana(host, wait=False)
+    host.wait_for_line(proc, r'"event": "serving"', timeout=15)
+    ready_at = time.time()
+    out = clientops(lan.client.host, "wait-ok", "--timeout", "5")
+    assert out["ok"], out
+    assert out["at"] - ready_at < 1.0, out["at"] - ready_at
+
+
+def test_clean_stop_leaves_peers_fast_and_sigkill_fails_over(lab: Lab) -> None:
+    lan = build(lab, servers=2)
+    c = lan.client.host
+    assert clientops(c, "wait-peers", "--count", "2", "--healthy")["ok"]
+    assert clientops(c, "wait-ok", "--path", "/api/tags")["ok"]
+    current = status(c)["current_peer"]
+    by_id = {status(n.host, 11435, n.host.ip)["node_id"]: n for n in lan.servers}
+    victim = by_id[current]
+    other = next(n for n in lan.servers if n is not victim)
+
+    # SIGKILL: no goodbye. Requests move to the other server at once (connection refused).
+    assert victim.proc is not None
+    killed_at = time.time()
+    victim.proc.send_signal(signal.SIGKILL)
+    out = clientops(c, "wait-ok", "--path", "/api/tags", "--timeout", "5")
+    assert out["ok"] and out["at"] - killed_at < 1.0, out
+    assert status(c)["current_peer"] != current
+    gone = clientops(c, "wait-peers", "--count", "1", "--timeout", "10")
+    assert gone["ok"]
+    waited = gone["at"] - killed_at
+    # Expired after 3 missed heartbeats (plus the expiry tick), not before.
+    assert 3 * INTERVAL - 0.3 <= waited <= 3 * INTERVAL + 1.0, waited
+
+    # Clean stop: the goodbye removes the peer at once.
+    assert other.proc is not None
+    stopped_at = time.time()
+    other.proc.send_signal(signal.SIGTERM)
+    left = clientops(c, "wait-peers", "--count", "0", "--timeout", "5")
+    assert left["ok"] and left["at"] - stopped_at < 0.5, left["at"] - stopped_at
+
+    # No server at all: a JSON 503 after the short grace, never a hang.
+    res = c.python(
+        "import httpx,time,json;t=time.time();r=httpx.get('http://127.0.0.1:11434/api/tags',timeout=30);"
+        "print(json.dumps({'s':r.status_code,'b':r.json(),'t':time.time()-t}))"
+    )
+    got = json.loads(res.stdout)
+    assert got["s"] == 503 and "no Ollama server found" in got["b"]["error"], got
+    assert got["t"] < 4.5, got
+
+
+def test_server_whose_ollama_stops_says_goodbye_and_returns(lab: Lab) -> None:
+    lan = build(lab, servers=1)
+    c = lan.client.host
+    s = lan.servers[0]
+    assert clientops(c, "wait-peers", "--count", "1", "--healthy")["ok"]
+    assert s.fake is not None
+    s.fake.send_signal(signal.SIGKILL)
+    s.fake.wait()
+    assert clientops(c, "wait-peers", "--count", "0", "--timeout", str(3 * INTERVAL))["ok"]
+    # Asked directly, the server proxy answers 503 JSON naming its upstream.
+    res = c.python(
+        f"import httpx;r=httpx.post('http://{s.host.ip}:11435/api/generate',json={{}},timeout=10);"
+        "print(r.status_code, r.headers.get('content-type'), r.text)"
+    )
+    assert res.stdout.startswith("503 application/json"), res.stdout
+    assert "127.0.0.1:11434" in res.stdout
+    s.fake = start_fake(s.host)
+    back = clientops(c, "wait-peers", "--count", "1", "--healthy", "--timeout", str(INTERVAL * 2 + 2))
+    assert back["ok"], back
+    assert clientops(c, "wait-ok", "--path", "/api/tags")["ok"]
+
+
+def test_garbage_datagrams_are_dropped_and_logged(lab: Lab) -> None:
+    lan = build(lab, servers=1)
+    c = lan.client.host
+    assert clientops(c, "wait-peers", "--count", "1", "--healthy")["ok"]
+    attacker = lab.add_host("x")
+    attacker.python(
+        "import socket,os,struct\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        "s.setsockopt(socket.IPPROTO_IP,socket.IP_MULTICAST_TTL,1)\n"
+        f"s.setsockopt(socket.IPPROTO_IP,socket.IP_MULTICAST_IF,socket.inet_aton('{attacker.ip}'))\n"
+        "good_header=b'OLNA'+bytes([1,1,0,0])\n"
+        "msgs=[b'',b'x',os.urandom(1500)[:1400],b'OLNA',good_header,good_header+b'\\x01\\xff\\xff',"
+        "b'OLNA'+bytes([9,1,0,0]),b'XXXX'+bytes(40)]+[os.urandom(n) for n in range(1,400,7)]\n"
+        "for m in msgs: s.sendto(m,('239.255.11.36',11436))\n"
+        f"for m in msgs: s.sendto(m,('{lan.servers[0].host.ip}',11436))\n"
+    )
+    # Both nodes are alive and still working.
+    assert clientops(c, "wait-ok", "--path", "/api/tags")["ok"]
+    assert lan.client.proc is not None and lan.client.proc.poll() is None
+    assert lan.servers[0].proc is not None and lan.servers[0].proc.poll() is None
+    deadline = time.monotonic() + 5
+    while "packet_dropped" not in c.read_log("ollana-c") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "packet_dropped" in c.read_log("ollana-c")
+
+
+def test_discovery_survives_30_percent_packet_loss(lab: Lab) -> None:
+    lan = build(lab, servers=1, start_client=False)
+    c = lan.client.host
+    c.drop_udp(11436, 0.3)
+    lan.client.proc = start_ollana(c)
+    assert clientops(c, "wait-ok", "--path", "/api/tags", "--timeout", "5")["ok"]
+    # With a third of heartbeats lost, the peer must not flap out (3 in a row are needed).
+    peers = clientops(c, "wait-peers", "--count", "1", "--healthy")
+    assert peers["ok"]
+
+
+def test_port_busy_client_exits_with_a_clear_message(lab: Lab) -> None:
+    host = lab.add_host("busy")
+    blocker = host.popen(
+        [sys.executable, "-c",
+         "import socket,time;s=socket.socket();s.bind(('127.0.0.1',11434));s.listen();print('bound',flush=True);time.sleep(60)"],
+        log_name="blocker",
+    )
+    host.wait_for_line(blocker, "bound")
+    res = host.run(ollana_argv("--mode", "client"), check=False, timeout=20,
+                   env={"OLLANA_HOME": str(host.dir / "state")})
+    assert res.returncode == 1
+    assert "127.0.0.1:11434" in res.stderr and "already in use" in res.stderr
