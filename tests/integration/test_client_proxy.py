@@ -1,0 +1,101 @@
+"""The client proxy with static peers (server proxies on loopback): choice, failover, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import aiohttp
+import ollama
+import pytest
+
+from ollana.config import Endpoint, Mode
+from ollana.errors import StartupError
+from tests.fakeollama import FakeOllama
+from tests.integration.nodes import client_for, config, running, server_for
+
+
+@pytest.fixture
+async def two_servers() -> AsyncIterator[list[tuple[FakeOllama, str]]]:
+    async with AsyncExitStack() as stack:
+        out = []
+        for _ in range(2):
+            fake = FakeOllama()
+            base = await stack.enter_async_context(fake.serve("127.0.0.1", 0))
+            proxy = await stack.enter_async_context(server_for(base))
+            out.append((fake, proxy))
+        yield out
+
+
+def generate_count(fake: FakeOllama) -> int:
+    return sum(1 for r in fake.requests if r.path == "/api/generate")
+
+
+async def test_sticks_to_one_server_and_official_client_works(two_servers: list[tuple[FakeOllama, str]]) -> None:
+    async with client_for(*(p for _, p in two_servers)) as client_url:
+        client = ollama.AsyncClient(host=client_url)
+        for _ in range(5):
+            await client.generate(model="llama3.2:1b", prompt="x")
+        counts = sorted(generate_count(f) for f, _ in two_servers)
+        assert counts == [0, 5]
+
+
+async def test_fails_over_with_the_body_replayed(two_servers: list[tuple[FakeOllama, str]]) -> None:
+    (f1, p1), (f2, p2) = two_servers
+    # Point the client at a dead port first, then the healthy servers.
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()
+    async with client_for(f"http://127.0.0.1:{dead_port}", p1, p2) as client_url:
+        client = ollama.AsyncClient(host=client_url)
+        for _ in range(3):
+            r = await client.chat(model="llama3.2:1b", messages=[{"role": "user", "content": "hello"}])
+            assert r.message.content
+        async with aiohttp.ClientSession() as s:
+            async with s.get(client_url + "/ollana/v1/status") as resp:
+                st = await resp.json()
+        dead_peer = next(p for p in st["peers"] if p["port"] == dead_port)
+        assert dead_peer["healthy"] is False
+        chats = [r for f in (f1, f2) for r in f.requests if r.path == "/api/chat"]
+        assert len(chats) == 3 and all(r.body_size > 0 for r in chats)
+
+
+async def test_server_whose_ollama_is_down_is_skipped(two_servers: list[tuple[FakeOllama, str]]) -> None:
+    (f1, p1), (f2, p2) = two_servers
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    async with server_for(f"http://127.0.0.1:{port}") as broken:
+        async with client_for(broken, p1) as client_url:
+            async with aiohttp.ClientSession() as s:
+                async with s.post(client_url + "/api/generate", json={"model": "llama3.2:1b", "prompt": "x", "stream": False}) as r:
+                    assert r.status == 200, await r.text()
+    assert generate_count(f1) == 1
+
+
+async def test_no_server_is_a_fast_json_503() -> None:
+    async with running(config(Mode.CLIENT)) as ready:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://{ready.listen}/api/tags") as r:
+                assert r.status == 503
+                assert "no Ollama server found on the LAN" in (await r.json())["error"]
+            async with s.get(f"http://{ready.listen}/ollana/v1/status") as r:
+                st = await r.json()
+                assert st["role"] == "client" and st["peers"] == []
+
+
+async def test_busy_port_is_a_clear_startup_error() -> None:
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = blocker.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(StartupError) as info:
+            async with running(config(Mode.CLIENT, listen=Endpoint("127.0.0.1", port))):
+                pass
+        assert f"127.0.0.1:{port}" in str(info.value) and "already in use" in str(info.value)
+        assert "Ollama" in str(info.value)
+    finally:
+        blocker.close()
