@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -36,15 +37,16 @@ def test_official_client_full_api_through_the_lan(lab: Lab) -> None:
     assert all(p["source"] == "multicast" for p in st["peers"])
 
 
-def test_client_started_after_servers_answers_within_2s(lab: Lab) -> None:
+def test_client_started_after_servers_answers_within_2s(lab: Lab, figure: Callable[..., None]) -> None:
     lan = build(lab, servers=1, start_client=False)
     env_argv = ["env", f"OLLANA_HOME={lan.client.host.dir / 'state'}", *ollana_argv()]
     out = clientops(lan.client.host, "start-and-wait", "--timeout", "10", "--", *env_argv)
     assert out["ok"], out
+    figure("client start (python start-up included) to first proxied answer", out["elapsed"])
     assert out["elapsed"] < 2.0, out
 
 
-def test_server_started_after_client_is_usable_within_1s(lab: Lab) -> None:
+def test_server_started_after_client_is_usable_within_1s(lab: Lab, figure: Callable[..., None]) -> None:
     lan = build(lab, servers=0)
     host = lab.add_host("s1")
     start_fake(host)
@@ -53,10 +55,11 @@ def test_server_started_after_client_is_usable_within_1s(lab: Lab) -> None:
     ready_at = time.time()
     out = clientops(lan.client.host, "wait-ok", "--timeout", "5")
     assert out["ok"], out
+    figure("server ready to usable by a running client", out["at"] - ready_at)
     assert out["at"] - ready_at < 1.0, out["at"] - ready_at
 
 
-def test_clean_stop_leaves_peers_fast_and_sigkill_fails_over(lab: Lab) -> None:
+def test_clean_stop_leaves_peers_fast_and_sigkill_fails_over(lab: Lab, figure: Callable[..., None]) -> None:
     lan = build(lab, servers=2)
     c = lan.client.host
     assert clientops(c, "wait-peers", "--count", "2", "--healthy")["ok"]
@@ -71,20 +74,25 @@ def test_clean_stop_leaves_peers_fast_and_sigkill_fails_over(lab: Lab) -> None:
     killed_at = time.time()
     victim.proc.send_signal(signal.SIGKILL)
     out = clientops(c, "wait-ok", "--path", "/api/tags", "--timeout", "5")
-    assert out["ok"] and out["at"] - killed_at < 1.0, out
+    assert out["ok"], out
+    figure("SIGKILL of the current server to a successful request on another", out["at"] - killed_at)
+    assert out["at"] - killed_at < 1.0, out
     assert status(c)["current_peer"] != current
     gone = clientops(c, "wait-peers", "--count", "1", "--timeout", "10")
     assert gone["ok"]
     waited = gone["at"] - killed_at
-    # Expired after 3 missed heartbeats (plus the expiry tick), not before.
-    assert 3 * INTERVAL - 0.3 <= waited <= 3 * INTERVAL + 1.0, waited
+    figure(f"SIGKILLed server expired after (interval {INTERVAL} s)", waited)
+    # Expired 3 intervals after its last heartbeat, which came up to one interval before the kill.
+    assert 2 * INTERVAL - 0.1 <= waited <= 3 * INTERVAL + 0.5, waited
 
     # Clean stop: the goodbye removes the peer at once.
     assert other.proc is not None
     stopped_at = time.time()
     other.proc.send_signal(signal.SIGTERM)
     left = clientops(c, "wait-peers", "--count", "0", "--timeout", "5")
-    assert left["ok"] and left["at"] - stopped_at < 0.5, left["at"] - stopped_at
+    assert left["ok"], left
+    figure("SIGTERM of a server to its removal from the client's peers", left["at"] - stopped_at)
+    assert left["at"] - stopped_at < 0.5, left["at"] - stopped_at
 
     # No server at all: a JSON 503 after the short grace, never a hang.
     res = c.python(
@@ -93,6 +101,7 @@ def test_clean_stop_leaves_peers_fast_and_sigkill_fails_over(lab: Lab) -> None:
     )
     got = json.loads(res.stdout)
     assert got["s"] == 503 and "no Ollama server found" in got["b"]["error"], got
+    figure("no server: time to the 503 answer", got["t"])
     assert got["t"] < 4.5, got
 
 
