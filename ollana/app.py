@@ -32,7 +32,7 @@ async def local_ollama_version(session: aiohttp.ClientSession, base_url: str, ti
             if resp.status != 200 or is_from_ollana(resp.headers):
                 return None
             body = await resp.json(content_type=None)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):
+    except (TimeoutError, aiohttp.ClientError, ValueError, OSError):
         return None
     if isinstance(body, dict) and isinstance(body.get("version"), str):
         return str(body["version"])

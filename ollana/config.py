@@ -122,7 +122,7 @@ def parse_endpoint(text: str, *, default_host: str = "0.0.0.0", default_port: in
         host, sep, rest = text[1:].partition("]")
         if not sep:
             raise ConfigError(f"invalid address {text!r}: missing ']'")
-        port_text = rest[1:] if rest.startswith(":") else rest
+        port_text = rest.removeprefix(":")
         if rest and not rest.startswith(":"):
             raise ConfigError(f"invalid address {text!r}")
     elif text.count(":") == 1:

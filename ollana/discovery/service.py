@@ -90,7 +90,7 @@ class Discovery:
             return
         try:
             current = net.list_interfaces(self._names)
-        except Exception as exc:  # an interface listing must never stop discovery
+        except Exception as exc:  # noqa: BLE001 - an interface listing must never stop discovery
             log.warning("interface_scan_failed", error=str(exc))
             return
         old, new = set(self._interfaces), set(current)

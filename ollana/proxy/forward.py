@@ -6,7 +6,6 @@ each chunk the upstream writes is written to the client as soon as it arrives.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -107,7 +106,7 @@ async def open_upstream(
             allow_redirects=False,
             timeout=timeout,
         )
-    except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
         reason = str(exc) or type(exc).__name__
         raise UpstreamUnavailable(f"{target.base_url}: {reason}") from exc
 

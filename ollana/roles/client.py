@@ -187,7 +187,7 @@ class ClientNode:
             upstream = body.get("upstream") if isinstance(body, dict) else None
             if not isinstance(upstream, dict) or not upstream.get("healthy"):
                 raise ValueError("its Ollama is not answering")
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError, OSError) as exc:
             log.debug("peer_check_failed", peer=peer.key, error=str(exc) or type(exc).__name__)
             log_change(self._table.mark_failed(peer.key, self._rt.clock()))
             return

@@ -12,15 +12,15 @@ import structlog
 from aiohttp import web
 
 from ollana import __version__
-from ollana.config import Endpoint, Role
+from ollana.config import Role
 from ollana.discovery.net import Interface
 from ollana.discovery.packet import Goodbye, Heartbeat, Packet, Probe
 from ollana.discovery.service import Discovery
+from ollana.httpserver import listening
 from ollana.proxy.answers import error, json_response
 from ollana.proxy.forward import Target
 from ollana.proxy.handler import ProxyHandler
 from ollana.proxy.headers import is_from_ollana
-from ollana.httpserver import listening
 from ollana.runtime import Ready, Runtime
 
 log = structlog.get_logger(__name__)
@@ -52,7 +52,7 @@ class OllamaHealth:
                 body = await resp.json(content_type=None)
                 self.version = str(body.get("version", "")) if isinstance(body, dict) else ""
             self.up, self.last_error = True, ""
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError, OSError) as exc:
             self.up, self.last_error = False, str(exc) or type(exc).__name__
         return self.up != was
 

@@ -11,7 +11,15 @@ from collections.abc import Callable
 import pytest
 
 from tests.lab.netns import Lab
-from tests.lab.ollanalan import INTERVAL, build, clientops, ollana_argv, start_fake, start_ollana, status
+from tests.lab.ollanalan import (
+    INTERVAL,
+    build,
+    clientops,
+    ollana_argv,
+    start_fake,
+    start_ollana,
+    status,
+)
 
 pytestmark = pytest.mark.lab
 
