@@ -9,12 +9,14 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import structlog
 
-from ollana import __version__, log as logconf
+from ollana import __version__, control, daemon, pidfile
+from ollana import log as logconf
+from ollana.cli_device import device
 from ollana.config import (
     DISCOVERY_DEFAULT_GROUP,
     DISCOVERY_DEFAULT_PORT,
@@ -27,7 +29,9 @@ from ollana.config import (
     parse_ollama_host,
 )
 from ollana.errors import ConfigError, StartupError
-from ollana.runtime import Ready
+
+if TYPE_CHECKING:  # runtime imports aiohttp: keep `ollana status` and `stop` quick to start
+    from ollana.runtime import Ready
 
 log = structlog.get_logger(__name__)
 
@@ -84,12 +88,44 @@ def cli() -> None:
               help="console on a terminal, JSON otherwise. Levels come from OLLANA_LOG (e.g. info,ollana.discovery=debug).")
 @click.option("--grace", type=click.FloatRange(0, 3600), default=10.0, show_default=True, metavar="SECONDS",
               help="On shutdown, how long in-flight requests may take to finish.")
+@click.option("-d", "--daemon", "daemonize", is_flag=True,
+              help="Detach and run in the background; exit 0 once the daemon serves, else print its error.")
+@click.option("--pid-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+              help="Pid file [with -d, default: /run/ollana.pid as root, else $XDG_RUNTIME_DIR/ollana.pid, "
+                   "else in the state dir; without -d: none unless given].")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+              help="Log to this file, reopened on SIGHUP [with -d, default: /var/log/ollana/serve.log as root, "
+                   "else serve.log in the state dir; without -d: standard error unless given].")
 def serve(**opts: Any) -> None:
-    """Serve: share the local Ollama (server) or use the LAN's Ollamas (client)."""
-    config = build_config(opts, os.environ, is_root=os.geteuid() == 0)
-    spec = _log_spec(os.environ)
-    logconf.configure(spec, config.log_format)
-    run_foreground(config)
+    """Serve: share the local Ollama (server) or use the LAN's Ollamas (client).
+
+    SIGTERM or SIGINT stops it gracefully. SIGHUP reopens the log file and reloads log levels
+    (from STATE_DIR/log_levels if that file exists, else OLLANA_LOG).
+    """
+    is_root = os.geteuid() == 0
+    config = build_config(opts, os.environ, is_root=is_root)
+    levels = daemon.LogLevels(_log_spec(os.environ), config.state_dir / daemon.LOG_LEVELS_FILE)
+    try:
+        spec, _source = levels.load()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if opts.get("daemonize"):
+        paths = daemon.Paths(
+            opts.get("pid_file") or pidfile.default_pid_file(os.environ, is_root=is_root, state_dir=config.state_dir),
+            opts.get("log_file") or daemon.default_log_file(is_root=is_root, state_dir=config.state_dir),
+        )
+        sys.exit(daemon.start(config, paths, levels, run_node))
+    log_file: Path | None = opts.get("log_file")
+    try:
+        handler = daemon.configure_logging(spec, config.log_format, log_file)
+    except OSError as exc:
+        _fail(f"cannot open the log file {log_file}: {exc.strerror or exc}", 1)
+    reload = daemon.Reloader(handler, levels, spec).reload
+    try:
+        with pidfile.hold(opts.get("pid_file"), grace=config.timings.grace, log_file=log_file) as on_ready:
+            run_foreground(config, on_ready, on_hangup=reload)
+    except StartupError as exc:  # the pid file is held by another ollana, or cannot be written
+        _fail(str(exc), 1)
 
 
 def build_config(opts: Mapping[str, Any], env: Mapping[str, str], *, is_root: bool) -> Config:
@@ -123,8 +159,11 @@ def _log_spec(env: Mapping[str, str]) -> logconf.LogSpec:
         raise click.UsageError(str(exc)) from None
 
 
-def run_foreground(config: Config, on_ready: Callable[[Ready], None] = lambda _r: None) -> None:
-    """Run until SIGTERM/SIGINT. Exits 1 on a startup error, 2 on a configuration error."""
+def run_node(
+    config: Config, on_ready: Callable[[Ready], None], on_hangup: Callable[[], None] = lambda: None
+) -> None:
+    """Run the node until SIGTERM/SIGINT (graceful); SIGHUP calls ``on_hangup`` (reopen logs,
+    reload levels). Raises ConfigError or StartupError when it cannot start."""
     from ollana import app
 
     async def main() -> None:
@@ -132,10 +171,20 @@ def run_foreground(config: Config, on_ready: Callable[[Ready], None] = lambda _r
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, shutdown.set)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         await app.run(config, shutdown, on_ready)
 
+    asyncio.run(main())
+
+
+def run_foreground(
+    config: Config,
+    on_ready: Callable[[Ready], None] = lambda _r: None,
+    on_hangup: Callable[[], None] = lambda: None,
+) -> None:
+    """Run until SIGTERM/SIGINT. Exits 1 on a startup error, 2 on a configuration error."""
     try:
-        asyncio.run(main())
+        run_node(config, on_ready, on_hangup)
     except ConfigError as exc:
         _fail(str(exc), 2)
     except StartupError as exc:
@@ -143,9 +192,54 @@ def run_foreground(config: Config, on_ready: Callable[[Ready], None] = lambda _r
         _fail(str(exc), 1)
 
 
+_PID_FILE_OPTION = click.option(
+    "--pid-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+    help="The pid file `serve -d` wrote [default: as for `serve -d`].",
+)
+_STATE_DIR_OPTION = click.option(
+    "--state-dir", type=click.Path(file_okay=False, path_type=Path), envvar="OLLANA_HOME",
+    help="The state dir, for the default pid file of a non-root user [env: OLLANA_HOME].",
+)
+
+
+def _pid_file(pid_file: Path | None, state_dir: Path | None) -> Path:
+    if pid_file is not None:
+        return pid_file
+    is_root = os.geteuid() == 0
+    state = state_dir or default_state_dir(os.environ, is_root=is_root)
+    return pidfile.default_pid_file(os.environ, is_root=is_root, state_dir=state)
+
+
+@cli.command()
+@_PID_FILE_OPTION
+@_STATE_DIR_OPTION
+@click.option("--timeout", type=click.FloatRange(0, 3600), metavar="SECONDS",
+              help="How long to wait for it to exit [default: its grace period + 5 s].")
+def stop(pid_file: Path | None, state_dir: Path | None, timeout: float | None) -> None:
+    """Stop the ollana that `serve -d` started: SIGTERM, then wait for the graceful exit.
+
+    Exit 0 when it stopped (or was not running), 1 when it is still running after the wait.
+    """
+    sys.exit(control.stop(_pid_file(pid_file, state_dir), timeout=timeout))
+
+
+@cli.command()
+@_PID_FILE_OPTION
+@_STATE_DIR_OPTION
+def status(pid_file: Path | None, state_dir: Path | None) -> None:
+    """Whether ollana runs, with its pid, role, uptime and peers.
+
+    LSB exit codes: 0 running, 1 not running but the pid file remains, 3 not running, 4 unknown.
+    """
+    sys.exit(control.status(_pid_file(pid_file, state_dir)))
+
+
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"ollana: error: {message}", err=True)
     sys.exit(code)
+
+
+cli.add_command(device)
 
 
 def main() -> None:

@@ -67,6 +67,10 @@ class Discovery:
         return self._seq
 
     async def start(self) -> None:
+        # A named interface that does not exist is a configuration error, reported at start.
+        for iface in self._names:
+            if not net.list_interfaces((iface,)):
+                log.warning("interface_without_ipv4", interface=iface)
         try:
             self._sock = net.open_multicast_socket(self._port)
         except OSError as exc:

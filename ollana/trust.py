@@ -1,0 +1,546 @@
+"""The trust store: which devices are allowed, and which asked (``devices.json`` in the state dir).
+
+The CLI and a running ``serve`` share the file. Every write is read-modify-write under an flock on a
+lock file, then an atomic replace, so concurrent writers never lose each other's changes and readers
+never see half a file. A running node polls ``reload_if_changed`` (one stat) and learns of ``allow``
+and ``disable`` within one poll; what it records itself (pending devices, last seen) is throttled,
+so a flood of connection attempts cannot turn into a flood of disk writes.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import structlog
+
+from ollana.errors import ConfigError
+from ollana.identity import ID_LEN, device_id_of_pem, grouped, parse_prefix, short
+
+log = structlog.get_logger(__name__)
+
+DEVICES_FILE: Final = "devices.json"
+LOCK_FILE: Final = "devices.json.lock"
+FORMAT_VERSION: Final = 1
+# A running node persists what it learns about one device at most this often...
+PERSIST_INTERVAL: Final = 5.0
+# ...and writes the file at most this often overall (the rest waits for ``flush``).
+MIN_WRITE_GAP: Final = 1.0
+MAX_PENDING: Final = 64
+MAX_LABEL: Final = 64
+# A sane file is a few kB per device; anything this big is not ours.
+MAX_FILE_BYTES: Final = 4 * 1024 * 1024
+
+T = TypeVar("T")
+
+
+class TrustStoreError(ConfigError):
+    """devices.json cannot be read, parsed or written."""
+
+
+class UnknownDevice(ConfigError):
+    """No device (allowed or pending, as the operation needs) matches the given ID."""
+
+
+class AmbiguousDeviceId(ConfigError):
+    """A prefix matches more than one device."""
+
+
+class PeerKind(enum.Enum):
+    CLIENT = "client"  # tried to connect to this server
+    SERVER = "server"  # discovered by this client
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedDevice:
+    device_id: str
+    name: str
+    cert_pem: str
+    added_at: float
+    last_seen: float | None
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDevice:
+    device_id: str
+    hostname: str
+    address: str
+    cert_pem: str
+    kind: PeerKind
+    first_seen: float
+    last_seen: float
+
+
+# (st_mtime_ns, st_ino, st_size) of devices.json; None when the file does not exist.
+_Signature = tuple[int, int, int] | None
+_Allowed = dict[str, AllowedDevice]
+_Pending = dict[str, PendingDevice]
+
+
+class TrustStore:
+    """The allow list and pending devices of one state dir. Not thread-safe: one owner each."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        persist_interval: float = PERSIST_INTERVAL,
+        min_write_gap: float = MIN_WRITE_GAP,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self.path = state_dir / DEVICES_FILE
+        self._lock_path = state_dir / LOCK_FILE
+        self._persist_interval = persist_interval
+        self._min_write_gap = min_write_gap
+        self._max_pending = max_pending
+        self._allowed: _Allowed = {}
+        self._pending: _Pending = {}
+        self._signature: _Signature = None
+        self._allowed_changed = False
+        # Learned but not yet written (throttled): re-applied over every reload.
+        self._unsaved_seen: dict[str, float] = {}
+        self._unsaved_pending: _Pending = {}
+        self._persisted_at: dict[str, float] = {}
+        self._last_write: float | None = None
+        self._write_gap = min_write_gap  # longer after a failed write
+
+    @classmethod
+    def load(cls, state_dir: Path, **options: Any) -> TrustStore:
+        """Read devices.json (absent means empty); TrustStoreError if it is corrupt."""
+        store = cls(state_dir, **options)
+        signature, allowed, pending = store._read_disk()
+        store._install(signature, allowed, pending)
+        store._allowed_changed = False
+        return store
+
+    # --- what a running node asks -------------------------------------------------------------
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the file if it changed on disk (one stat when it did not).
+
+        Returns True when the allowed set (IDs, certificates, enabled flags) changed since the
+        previous call, including changes picked up while writing: then rebuild the TLS contexts
+        and close connections of devices that are no longer allowed. A file that turns corrupt
+        while the node runs is logged once and the last good contents are kept.
+        """
+        current = self._stat()
+        if current != self._signature:
+            try:
+                signature, allowed, pending = self._read_disk()
+            except TrustStoreError as exc:
+                log.error("trust_store_unreadable", path=str(self.path), error=str(exc))
+                self._signature = current
+            else:
+                self._install(signature, allowed, pending)
+        changed, self._allowed_changed = self._allowed_changed, False
+        return changed
+
+    def is_allowed(self, device_id: str | None) -> bool:
+        entry = self._allowed.get(device_id) if device_id else None
+        return entry is not None and entry.enabled
+
+    def allowed_certs(self) -> list[str]:
+        """PEM certificates of the enabled devices: the trust anchors of the TLS contexts."""
+        return [d.cert_pem for d in self._allowed.values() if d.enabled]
+
+    def cert_of(self, device_id: str) -> str | None:
+        """The certificate of an enabled, allowed device; None otherwise."""
+        entry = self._allowed.get(device_id)
+        return entry.cert_pem if entry is not None and entry.enabled else None
+
+    def pending_of(self, device_id: str) -> PendingDevice | None:
+        return self._pending.get(device_id)
+
+    def allowed(self) -> list[AllowedDevice]:
+        return sorted(self._allowed.values(), key=lambda d: (d.name.lower(), d.device_id))
+
+    def pending(self) -> list[PendingDevice]:
+        return sorted(self._pending.values(), key=lambda d: -d.last_seen)
+
+    # --- what a running node records (throttled) -----------------------------------------------
+
+    def record_pending(
+        self,
+        device_id: str,
+        cert_pem: str,
+        hostname: str,
+        address: str,
+        kind: PeerKind,
+        now: float,
+    ) -> bool:
+        """Remember a device that is not allowed yet. Returns True if it was not pending before.
+
+        Allowed devices (enabled or not) are ignored. ValueError if the certificate does not hash
+        to ``device_id`` (a caller bug: the ID must always be computed from the certificate).
+        """
+        if device_id in self._allowed:
+            return False
+        old = self._pending.get(device_id)
+        if (old is None or old.cert_pem != cert_pem) and device_id_of_pem(cert_pem) != device_id:
+            raise ValueError(f"certificate does not match device ID {device_id}")
+        entry = PendingDevice(
+            device_id=device_id,
+            hostname=sanitize_label(hostname),
+            address=sanitize_label(address),
+            cert_pem=cert_pem,
+            kind=kind,
+            first_seen=min(old.first_seen, now) if old else now,
+            last_seen=now,
+        )
+        self._pending[device_id] = entry
+        self._unsaved_pending[device_id] = entry
+        _bound_pending(self._pending, self._max_pending)
+        _bound_pending(self._unsaved_pending, self._max_pending)
+        self._persist_if_due(device_id, now)
+        return old is None
+
+    def touch_last_seen(self, device_id: str, now: float) -> None:
+        entry = self._allowed.get(device_id)
+        if entry is None:
+            return
+        self._allowed[device_id] = replace(entry, last_seen=now)
+        self._unsaved_seen[device_id] = now
+        self._persist_if_due(device_id, now)
+
+    def flush(self, now: float) -> bool:
+        """Write what throttling held back, if the write gap allows. Call it from the poll loop."""
+        if self._too_soon(now):
+            return False
+        if not any(self._due(d, now) for d in [*self._unsaved_seen, *self._unsaved_pending]):
+            return False
+        return self._write_unsaved(now)
+
+    # --- what the CLI does ---------------------------------------------------------------------
+
+    def resolve(self, text: str) -> str:
+        """The full ID of the allowed or pending device that ``text`` (ID or prefix) names."""
+        return resolve_prefix(text, [*self._allowed, *self._pending])
+
+    def allow(self, id_or_prefix: str, name: str | None = None, *, now: float) -> AllowedDevice:
+        """Allow a pending device (its certificate comes along) or re-enable an allowed one."""
+
+        def change(allowed: _Allowed, pending: _Pending) -> AllowedDevice:
+            device_id = resolve_prefix(id_or_prefix, [*allowed, *pending], hint=_PENDING_HINT)
+            label = sanitize_label(name) if name and name.strip() else None
+            if device_id in allowed:
+                old = allowed[device_id]
+                allowed[device_id] = replace(old, enabled=True, name=label or old.name)
+            else:
+                seen = pending.pop(device_id)
+                allowed[device_id] = AllowedDevice(
+                    device_id=device_id,
+                    name=label or seen.hostname or short(device_id),
+                    cert_pem=seen.cert_pem,
+                    added_at=now,
+                    last_seen=seen.last_seen,
+                    enabled=True,
+                )
+            self._unsaved_pending.pop(device_id, None)
+            return allowed[device_id]
+
+        return self._mutate(change)
+
+    def disable(self, id_or_prefix: str) -> AllowedDevice:
+        """Disable an allowed device: the node refuses it and closes its connections."""
+
+        def change(allowed: _Allowed, pending: _Pending) -> AllowedDevice:
+            try:
+                device_id = resolve_prefix(id_or_prefix, allowed, hint="see `ollana device list`")
+            except UnknownDevice:
+                if any(d.startswith(parse_prefix(id_or_prefix)) for d in pending):
+                    raise UnknownDevice(
+                        f"{id_or_prefix} is pending, not allowed: there is nothing to disable"
+                    ) from None
+                raise
+            allowed[device_id] = replace(allowed[device_id], enabled=False)
+            return allowed[device_id]
+
+        return self._mutate(change)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _persist_if_due(self, device_id: str, now: float) -> None:
+        if self._due(device_id, now) and not self._too_soon(now):
+            self._write_unsaved(now)
+
+    def _due(self, device_id: str, now: float) -> bool:
+        last = self._persisted_at.get(device_id)
+        # A clock that went backwards makes everything due rather than nothing.
+        return last is None or not 0 <= now - last < self._persist_interval
+
+    def _too_soon(self, now: float) -> bool:
+        return self._last_write is not None and 0 <= now - self._last_write < self._write_gap
+
+    def _write_unsaved(self, now: float) -> bool:
+        written = [*self._unsaved_seen, *self._unsaved_pending]
+        self._last_write = now
+        try:
+            self._mutate(lambda _a, _p: None)
+        except TrustStoreError as exc:
+            # The node keeps running on what it has in memory and retries, less often.
+            log.warning("trust_store_write_failed", path=str(self.path), error=str(exc))
+            self._write_gap = max(self._min_write_gap, self._persist_interval)
+            return False
+        self._write_gap = self._min_write_gap
+        if len(self._persisted_at) > 4 * self._max_pending:
+            self._persisted_at.clear()  # bounded memory; worst case one early write per device
+        for device_id in written:
+            self._persisted_at[device_id] = now
+        return True
+
+    def _mutate(self, change: Callable[[_Allowed, _Pending], T]) -> T:
+        """Under the lock: read the file fresh, apply what is unsaved and ``change``, write it."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise TrustStoreError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
+        with self._locked():
+            _signature, allowed, pending = self._read_disk()
+            self._merge_unsaved(allowed, pending)
+            result = change(allowed, pending)
+            _bound_pending(pending, self._max_pending)
+            signature = self._write(allowed, pending)
+        self._unsaved_seen.clear()
+        self._unsaved_pending.clear()
+        self._install(signature, allowed, pending)
+        return result
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise TrustStoreError(f"cannot open {self._lock_path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _merge_unsaved(self, allowed: _Allowed, pending: _Pending) -> None:
+        for device_id, seen in self._unsaved_seen.items():
+            entry = allowed.get(device_id)
+            if entry is not None and (entry.last_seen is None or entry.last_seen < seen):
+                allowed[device_id] = replace(entry, last_seen=seen)
+        for device_id, new in self._unsaved_pending.items():
+            if device_id in allowed:
+                continue  # allowed meanwhile (by the CLI): no longer pending
+            old = pending.get(device_id)
+            pending[device_id] = (
+                replace(new, first_seen=min(old.first_seen, new.first_seen)) if old else new
+            )
+        _bound_pending(pending, self._max_pending)
+
+    def _install(self, signature: _Signature, allowed: _Allowed, pending: _Pending) -> None:
+        self._merge_unsaved(allowed, pending)
+        if _anchor_view(allowed) != _anchor_view(self._allowed):
+            self._allowed_changed = True
+        self._signature, self._allowed, self._pending = signature, allowed, pending
+
+    def _stat(self) -> _Signature:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return self._signature  # transient: try again next poll
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+    def _read_disk(self) -> tuple[_Signature, _Allowed, _Pending]:
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                raw = f.read(MAX_FILE_BYTES + 1)
+        except FileNotFoundError:
+            return None, {}, {}
+        except OSError as exc:
+            raise TrustStoreError(f"cannot read {self.path}: {exc.strerror}") from exc
+        if len(raw) > MAX_FILE_BYTES:
+            raise self._corrupt(f"larger than {MAX_FILE_BYTES} bytes")
+        try:
+            allowed, pending = decode(raw)
+        except ValueError as exc:
+            raise self._corrupt(str(exc)) from None
+        return (st.st_mtime_ns, st.st_ino, st.st_size), allowed, pending
+
+    def _corrupt(self, why: str) -> TrustStoreError:
+        return TrustStoreError(
+            f"{self.path} is corrupt ({why}); fix it, or move it away to start with no paired "
+            "devices (pair them again with `ollana device pending` and `ollana device allow`)"
+        )
+
+    def _write(self, allowed: _Allowed, pending: _Pending) -> _Signature:
+        data = encode(allowed, pending)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+                st = os.fstat(out.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise TrustStoreError(f"cannot write {self.path}: {exc.strerror}") from exc
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+
+_PENDING_HINT: Final = (
+    "run `ollana device pending` after the other side has tried to connect "
+    "(its `ollana serve` must be running)"
+)
+
+
+def resolve_prefix(text: str, device_ids: Iterable[str], *, hint: str = "") -> str:
+    """The one ID among ``device_ids`` that ``text`` (a full ID or a prefix of >= 7) names."""
+    prefix = parse_prefix(text)
+    matches = sorted({d for d in device_ids if d.startswith(prefix)})
+    if not matches:
+        what = "device" if len(prefix) == ID_LEN else "device whose ID starts with"
+        raise UnknownDevice(f"no {what} {grouped(prefix)}" + (f"; {hint}" if hint else ""))
+    if len(matches) > 1:
+        raise AmbiguousDeviceId(
+            f"{grouped(prefix)} matches {len(matches)} devices ("
+            + ", ".join(grouped(m) for m in matches)
+            + "); give more characters"
+        )
+    return matches[0]
+
+
+def sanitize_label(text: str, limit: int = MAX_LABEL) -> str:
+    """Peer-supplied text made safe to store and print: no control characters, bounded length."""
+    return "".join(c if c.isprintable() else "?" for c in text.strip())[:limit]
+
+
+def _anchor_view(allowed: _Allowed) -> frozenset[tuple[str, str, bool]]:
+    return frozenset((d.device_id, d.cert_pem, d.enabled) for d in allowed.values())
+
+
+def _bound_pending(pending: _Pending, limit: int) -> None:
+    if len(pending) > limit:
+        for entry in sorted(pending.values(), key=lambda e: e.last_seen)[: len(pending) - limit]:
+            del pending[entry.device_id]
+
+
+# --- the file format (pure) ----------------------------------------------------------------------
+
+
+def encode(allowed: _Allowed, pending: _Pending) -> bytes:
+    doc = {
+        "version": FORMAT_VERSION,
+        "allowed": {
+            d.device_id: {
+                "name": d.name,
+                "cert_pem": d.cert_pem,
+                "added_at": _iso(d.added_at),
+                "last_seen": _iso(d.last_seen) if d.last_seen is not None else None,
+                "enabled": d.enabled,
+            }
+            for d in allowed.values()
+        },
+        "pending": {
+            p.device_id: {
+                "hostname": p.hostname,
+                "address": p.address,
+                "cert_pem": p.cert_pem,
+                "kind": p.kind.value,
+                "first_seen": _iso(p.first_seen),
+                "last_seen": _iso(p.last_seen),
+            }
+            for p in pending.values()
+        },
+    }
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def decode(raw: bytes) -> tuple[_Allowed, _Pending]:
+    """Parse and check devices.json; ValueError saying what is wrong."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    version = doc.get("version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"format version {version!r}; this ollana reads version {FORMAT_VERSION}")
+    allowed: _Allowed = {}
+    for device_id, e in _section(doc, "allowed"):
+        last_seen = e.get("last_seen")
+        allowed[device_id] = AllowedDevice(
+            device_id=device_id,
+            name=_field(e, "name", str, device_id),
+            cert_pem=_cert(e, device_id),
+            added_at=_time(_field(e, "added_at", str, device_id), device_id),
+            last_seen=None
+            if last_seen is None
+            else _time(_field(e, "last_seen", str, device_id), device_id),
+            enabled=_field(e, "enabled", bool, device_id),
+        )
+    pending: _Pending = {}
+    for device_id, e in _section(doc, "pending"):
+        try:
+            kind = PeerKind(_field(e, "kind", str, device_id))
+        except ValueError:
+            raise ValueError(f"device {device_id}: kind must be 'client' or 'server'") from None
+        pending[device_id] = PendingDevice(
+            device_id=device_id,
+            hostname=_field(e, "hostname", str, device_id),
+            address=_field(e, "address", str, device_id),
+            cert_pem=_cert(e, device_id),
+            kind=kind,
+            first_seen=_time(_field(e, "first_seen", str, device_id), device_id),
+            last_seen=_time(_field(e, "last_seen", str, device_id), device_id),
+        )
+    return allowed, pending
+
+
+def _section(doc: dict[str, Any], name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    section = doc.get(name, {})
+    if not isinstance(section, dict):
+        raise ValueError(f"{name!r} is not an object")
+    for device_id, entry in section.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"{name} entry {device_id!r} is not an object")
+        yield device_id, entry
+
+
+def _field(entry: dict[str, Any], key: str, kind: type[T], device_id: str) -> T:
+    value = entry.get(key)
+    if not isinstance(value, kind):
+        raise ValueError(f"device {device_id}: {key!r} missing or not a {kind.__name__}")
+    return value
+
+
+def _cert(entry: dict[str, Any], device_id: str) -> str:
+    pem = _field(entry, "cert_pem", str, device_id)
+    try:
+        actual = device_id_of_pem(pem)
+    except ValueError:
+        raise ValueError(f"device {device_id}: cert_pem is not a certificate") from None
+    # The key is what users allowed; a certificate that hashes to another ID was tampered with.
+    if actual != device_id:
+        raise ValueError(
+            f"device {device_id}: cert_pem belongs to another device ({grouped(actual)})"
+        )
+    return pem
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _time(text: str, device_id: str) -> float:
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(f"device {device_id}: bad timestamp {text!r}") from None

@@ -1,0 +1,531 @@
+"""ollana's benchmark: proxy overhead against a direct connection and an nginx hop, in one run.
+
+    python tests/bench/bench.py [--quick]
+
+Everything runs on 127.0.0.1; every ollana started has --no-discovery. See tests/bench/README.md
+for what each figure means. Exit status: 0 when every topology ran (a missed target is reported
+as MISSED, not as a failure), 1 when a topology could not run, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+if __package__ in (None, ""):  # run as a script: make `tests.bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.bench import load, report
+from tests.bench.procs import (
+    HOST,
+    REPO,
+    BenchError,
+    Procs,
+    RssSampler,
+    free_port,
+    http_get,
+    rss_kib,
+)
+
+T = TypeVar("T")
+
+RESULTS: Final = Path(__file__).with_name("results")
+STREAM_KNOBS: Final = {"chunk_delay": 0.02, "tokens": 50}
+QUIET_LOG: Final = {"OLLANA_LOG": "warn"}
+IDLE_BUSY_PCT: Final = 15.0
+NOISY_OTHERS_PCT: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    seconds: float  # hey duration per topology, split over `rounds`
+    rounds: int  # topologies are measured in turn, this many times, so load drift hits all alike
+    concurrency: int
+    seq_count: (
+        int  # sequential requests per topology (bounded by seq_seconds too), split over rounds
+    )
+    seq_seconds: float
+    stream_runs: int  # streams per topology, interleaved across topologies
+    upload_mib: int
+    upload_rounds: int
+    upload_limit: float  # seconds per upload before giving up
+
+
+QUICK: Final = Plan(
+    seconds=2,
+    rounds=1,
+    concurrency=16,
+    seq_count=2000,
+    seq_seconds=1.5,
+    stream_runs=3,
+    upload_mib=256,
+    upload_rounds=1,
+    upload_limit=60,
+)
+FULL: Final = Plan(
+    seconds=5,
+    rounds=2,
+    concurrency=16,
+    seq_count=6000,
+    seq_seconds=3.0,
+    stream_runs=8,
+    upload_mib=1024,
+    upload_rounds=2,
+    upload_limit=180,
+)
+
+
+class Bench:
+    def __init__(self, plan: Plan, procs: Procs, log: Callable[[str], None]) -> None:
+        self.plan = plan
+        self.procs = procs
+        self.say = log
+        self.results: dict[str, Any] = {"small": {}, "stream": {}, "upload": {}, "idle_rss_mib": {}}
+        self.failures: list[str] = []
+        self.commands: dict[str, str] = {}
+
+    def attempt(self, what: str, fn: Callable[[], T]) -> T | None:
+        try:
+            return fn()
+        except BenchError as exc:
+            self.failures.append(f"{what}: {exc}")
+            self.say(f"  FAILED {what}: {exc}")
+        except Exception as exc:  # noqa: BLE001 -- a bench bug or odd answer: report it, go on
+            self.failures.append(f"{what}: {type(exc).__name__}: {exc}")
+            self.say(f"  FAILED {what}:\n{traceback.format_exc()}")
+        return None
+
+    def _record(self, proc_name: str) -> None:
+        for proc in self.procs.procs:
+            if proc.name == proc_name:
+                self.commands[proc_name] = shlex.join(proc.argv)
+
+    # -- small requests -----------------------------------------------------------------------
+
+    def small(self) -> None:
+        p = self.plan
+        self.say(
+            f"small requests: GET /api/version, hey -c {p.concurrency} for {p.seconds:g} s, "
+            f"then up to {p.seq_count} sequential requests"
+        )
+        up, ng, srv, cli, quiet = (free_port() for _ in range(5))
+        self.procs.nginx("nginx-static-upstream", up)
+        self._record("nginx-static-upstream")
+        topologies: list[tuple[str, int]] = [("direct", up)]
+        if self.attempt("start nginx hop", lambda: self.procs.nginx("nginx-hop", ng, up)):
+            self._record("nginx-hop")
+            topologies.append(("nginx 1 hop", ng))
+        server = self.attempt(
+            "start ollana server", lambda: self.procs.ollana_server("ollana-server", srv, up, {})
+        )
+        if server:
+            self._record("ollana-server")
+            self.results["idle_rss_mib"]["server"] = rss_kib(server.pid)[0] / 1024
+            topologies.append(("ollana 1 hop", srv))
+            client = self.attempt(
+                "start ollana client",
+                lambda: self.procs.ollana_client("ollana-client", cli, srv, {}),
+            )
+            if client:
+                self._record("ollana-client")
+                self.results["idle_rss_mib"]["client"] = rss_kib(client.pid)[0] / 1024
+                topologies.append(("ollana chain", cli))
+        if self.attempt(
+            "start quiet ollana server",
+            lambda: self.procs.ollana_server("ollana-server-quiet", quiet, up, QUIET_LOG),
+        ):
+            self._record("ollana-server-quiet")
+            topologies.append(("ollana 1 hop, OLLANA_LOG=warn", quiet))
+        hey: dict[str, list[load.HeyResult]] = {name: [] for name, _ in topologies}
+        seq: dict[str, list[float]] = {name: [] for name, _ in topologies}
+        broken: set[str] = set()
+        for _round in range(p.rounds):
+            for name, port in topologies:
+                if name in broken:
+                    continue
+                got = self.attempt(
+                    f"small requests, {name}",
+                    functools.partial(
+                        load.run_hey,
+                        port,
+                        "/api/version",
+                        concurrency=p.concurrency,
+                        seconds=p.seconds / p.rounds,
+                    ),
+                )
+                if got is None:
+                    broken.add(name)
+                else:
+                    hey[name].append(got)
+        for _round in range(p.rounds):
+            for name, port in topologies:
+                if name in broken:
+                    continue
+                samples = self.attempt(
+                    f"sequential requests, {name}",
+                    functools.partial(
+                        load.run_sequential,
+                        port,
+                        "/api/version",
+                        count=p.seq_count // p.rounds,
+                        seconds=p.seq_seconds / p.rounds,
+                    ),
+                )
+                if samples is None:
+                    broken.add(name)
+                else:
+                    seq[name] += samples
+        for name, _ in topologies:
+            if name in broken:
+                continue
+            h, q = load.combine_hey(hey[name]), asdict(load.seq_result(seq[name]))
+            self.results["small"][name] = {"hey": h, "seq": q}
+            self.say(
+                f"  {name:30} {h['rps']:9.0f} req/s  p50 {h['p50_ms']:.2f} ms  p99 {h['p99_ms']:.2f} ms"
+                f" | sequential p50 {q['p50_ms']:.3f} ms  p99 {q['p99_ms']:.3f} ms"
+            )
+        if server:
+            self.results["rss_after_small_mib"] = {
+                proc.name: rss_kib(proc.pid)[0] / 1024
+                for proc in self.procs.procs
+                if proc.name.startswith("ollana")
+            }
+        for proc in list(self.procs.procs):  # free the cores for what follows
+            self.procs.stop(proc)
+
+    # -- streaming and upload, against the fake Ollama -------------------------------------------
+
+    def with_fake(self) -> None:
+        fake_port, ng, srv, cli = (free_port() for _ in range(4))
+        fake = self.attempt(
+            "start fake Ollama", lambda: self.procs.fake_ollama("fakeollama", fake_port)
+        )
+        if not fake:
+            self.failures.append("streaming and upload: not run (no fake Ollama)")
+            return
+        self._record("fakeollama")
+        topologies: list[tuple[str, int]] = [("direct", fake_port)]
+        if self.attempt(
+            "start nginx hop (fake)", lambda: self.procs.nginx("nginx-hop-fake", ng, fake_port)
+        ):
+            self._record("nginx-hop-fake")
+            topologies.append(("nginx 1 hop", ng))
+        ollanas: dict[str, int] = {}
+        server = self.attempt(
+            "start ollana server (fake)",
+            lambda: self.procs.ollana_server("ollana-server-fake", srv, fake_port, {}),
+        )
+        if server:
+            self._record("ollana-server-fake")
+            ollanas["server"] = server.pid
+            topologies.append(("ollana 1 hop", srv))
+            client = self.attempt(
+                "start ollana client (fake)",
+                lambda: self.procs.ollana_client("ollana-client-fake", cli, srv, {}),
+            )
+            if client:
+                self._record("ollana-client-fake")
+                ollanas["client"] = client.pid
+                topologies.append(("ollana chain", cli))
+        self.attempt("stream", lambda: self.streams(fake_port, topologies))
+        self.attempt("upload", lambda: self.uploads(topologies, ollanas))
+
+    def streams(self, fake_port: int, topologies: list[tuple[str, int]]) -> None:
+        p = self.plan
+        post_json(fake_port, "/_fake/config", STREAM_KNOBS)
+        model = first_model(fake_port)
+        self.results["stream_setup"] = {
+            "knobs": STREAM_KNOBS,
+            "model": model,
+            "runs": p.stream_runs,
+        }
+        self.say(
+            f"streaming: POST /api/generate model={model} {STREAM_KNOBS}, "
+            f"{p.stream_runs} streams per topology, interleaved"
+        )
+        try:
+            results, errors = load.run_streams(dict(topologies), model, runs=p.stream_runs)
+        finally:
+            post_json(fake_port, "/_fake/config", {"chunk_delay": 0.0})
+        for name, error in errors.items():
+            self.failures.append(f"stream, {name}: {error}")
+            self.say(f"  FAILED stream, {name}: {error}")
+        for name, _ in topologies:
+            got = results.get(name)
+            if got is None:
+                continue
+            self.results["stream"][name] = asdict(got)
+            lag = "n/a" if got.lag_p50_ms is None else f"{got.lag_p50_ms:.2f} ms"
+            self.say(
+                f"  {name:30} first line {got.ttfc_p50_ms:.2f} ms  line lag p50 {lag}  "
+                f"whole stream {got.total_p50_ms:.0f} ms ({got.lines_per_run} lines)"
+            )
+
+    def uploads(self, topologies: list[tuple[str, int]], ollanas: dict[str, int]) -> None:
+        p = self.plan
+        self.say(
+            f"upload: POST /api/blobs/sha256:<digest>, {p.upload_mib} MiB generated on the fly, "
+            f"{p.upload_rounds} round(s)"
+        )
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in topologies}
+        broken: set[str] = set()
+        seed = 1000
+        for _round in range(p.upload_rounds):
+            for name, port in topologies:
+                if name in broken:
+                    continue
+                # A new digest every time: a blob the fake already holds is answered without the body.
+                seed += 1
+                payload = load.Payload.make(p.upload_mib, seed=seed)
+                watch = {
+                    role: pid
+                    for role, pid in ollanas.items()
+                    if (role == "server" and name.startswith("ollana"))
+                    or (role == "client" and name == "ollana chain")
+                }
+
+                def run(
+                    port: int = port, payload: load.Payload = payload, watch: dict[str, int] = watch
+                ) -> dict[str, Any]:
+                    with RssSampler(watch, period=0.05) as rss:
+                        up = load.run_upload(port, payload, limit=p.upload_limit)
+                    return {
+                        **asdict(up),
+                        "digest": payload.digest,
+                        "rss_start_mib": {k: v / 1024 for k, v in rss.start_kib.items()},
+                        "rss_peak_mib": {k: v / 1024 for k, v in rss.peak_kib.items()},
+                        "rss_growth_mib": {
+                            k: (rss.peak_kib[k] - rss.start_kib[k]) / 1024 for k in watch
+                        },
+                        "rss_samples": rss.samples,
+                    }
+
+                got = self.attempt(f"upload, {name}", run)
+                if got is None:
+                    broken.add(name)
+                else:
+                    runs[name].append(got)
+        for name, _ in topologies:
+            if name in broken or not runs[name]:
+                continue
+            done = runs[name]
+            total_bytes = sum(r["bytes"] for r in done)
+            total_s = sum(r["seconds"] for r in done)
+            roles = done[0]["rss_growth_mib"].keys()
+            summary = {
+                "rounds": len(done),
+                "bytes": total_bytes,
+                "seconds": total_s,
+                "mb_per_s": total_bytes / total_s / 1e6,
+                "rss_start_mib": {k: min(r["rss_start_mib"][k] for r in done) for k in roles},
+                "rss_peak_mib": {k: max(r["rss_peak_mib"][k] for r in done) for k in roles},
+                "rss_growth_mib": {k: max(r["rss_growth_mib"][k] for r in done) for k in roles},
+                "per_round": done,
+            }
+            self.results["upload"][name] = summary
+            growth = ", ".join(f"{k} +{v:.1f} MiB" for k, v in summary["rss_growth_mib"].items())
+            times = ", ".join(f"{r['seconds']:.2f}" for r in done)
+            self.say(
+                f"  {name:30} {summary['mb_per_s']:7.0f} MB/s  ({times} s)"
+                f"{'  RSS growth ' + growth if growth else ''}"
+            )
+
+
+def post_json(port: int, path: str, value: Any) -> Any:
+    req = urllib.request.Request(
+        f"http://{HOST}:{port}{path}",
+        data=json.dumps(value).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(req, timeout=5) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def first_model(port: int) -> str:
+    code, body, _ = http_get(f"http://{HOST}:{port}/api/tags")
+    models = json.loads(body).get("models") or [] if code == 200 else []
+    if not models:
+        raise BenchError(f"the fake lists no models (GET /api/tags: {code} {body[:200]!r})")
+    return str(models[0]["name"])
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """How busy the CPUs are (0-100 %) over ``seconds``, before the bench starts anything."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return idle, sum(fields)
+
+    idle0, total0 = sample()
+    time.sleep(seconds)
+    idle1, total1 = sample()
+    return 100.0 * (1 - (idle1 - idle0) / max(1, total1 - total0))
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs have spent busy since boot (user, nice, system, irq, softirq)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields[i] for i in (0, 1, 2, 5, 6) if i < len(fields)) / os.sysconf("SC_CLK_TCK")
+
+
+def own_busy_seconds() -> float:
+    """CPU seconds of this process and of every child it has waited for (hey, the servers)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def environment() -> dict[str, Any]:
+    def version(argv: list[str]) -> str:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+            return (done.stdout + done.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+
+    import aiohttp
+
+    import ollana
+
+    return {
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "ollana": ollana.__version__,
+        "nginx": version(["nginx", "-v"]),
+        "hey": load.HEY or "missing",
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "git": version(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="shorter runs, a 256 MiB upload (about 1-2 minutes)"
+    )
+    parser.add_argument("--only", choices=["small", "fake"], help="run one part only")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp dir (process logs, nginx configs)"
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="first wait up to this long for the CPUs to be under 15 %% busy (shared machines)",
+    )
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    command = shlex.join([sys.executable, *sys.argv])
+    print(f"command: {command}", flush=True)
+
+    def on_term(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+
+    busy = cpu_busy()
+    waited_until = time.monotonic() + args.wait_idle
+    while busy > IDLE_BUSY_PCT and time.monotonic() < waited_until:
+        print(f"CPU {busy:.0f} % busy: waiting for the machine to go idle", flush=True)
+        busy = cpu_busy(5.0)
+    print(
+        f"CPU busy before start: {busy:.0f} % (load average {os.getloadavg()[0]:.2f})"
+        + ("  -- other work is running: expect noisy figures" if busy > IDLE_BUSY_PCT else ""),
+        flush=True,
+    )
+    started = time.time()
+    machine0, own0 = machine_busy_seconds(), own_busy_seconds()
+    workdir = Path(tempfile.mkdtemp(prefix="ollana-bench-"))
+    procs = Procs(workdir)
+    bench = Bench(plan, procs, lambda line: print(line, flush=True))
+    try:
+        if args.only in (None, "small"):
+            bench.attempt("small requests", bench.small)
+            procs.close()
+        if args.only in (None, "fake"):
+            bench.attempt("streaming and upload", bench.with_fake)
+    except KeyboardInterrupt:
+        print("interrupted: stopping every process this run started", file=sys.stderr)
+        return 130
+    finally:
+        procs.close()
+        if args.keep:
+            print(f"logs and configs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    # Whatever else ran on the machine meanwhile (another test suite) competed for the cores.
+    elapsed = time.time() - started
+    others = max(0.0, (machine_busy_seconds() - machine0) - (own_busy_seconds() - own0))
+    others_pct = 100 * others / (elapsed * (os.cpu_count() or 1))
+    print(
+        f"CPU used by other processes during the run: {others:.1f} core-seconds "
+        f"({others_pct:.0f} % of the machine)"
+        + ("  -- expect noisy figures" if others_pct > NOISY_OTHERS_PCT else ""),
+        flush=True,
+    )
+    doc: dict[str, Any] = {
+        "command": command,
+        "mode": ("quick" if args.quick else "full") + (f"-only-{args.only}" if args.only else ""),
+        "plan": asdict(plan),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "elapsed_s": round(elapsed, 1),
+        "environment": {
+            **environment(),
+            "cpu_busy_before_pct": round(busy, 1),
+            "cpu_others_during_pct": round(others_pct, 1),
+        },
+        "processes": bench.commands,
+        "results": bench.results,
+        "failures": bench.failures,
+    }
+    doc["figures"] = report.figures(bench.results)
+    RESULTS.mkdir(exist_ok=True)
+    out = (
+        RESULTS
+        / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}-{doc['mode']}.json"
+    )
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print()
+    print(report.markdown(doc))
+    print(f"JSON: {out}")
+    if bench.failures:
+        print(
+            f"\nFAILED: {len(bench.failures)} part(s) of the run could not be measured:",
+            file=sys.stderr,
+        )
+        for failure in bench.failures:
+            print(f"  - {failure.splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""Turning a run's raw results into derived figures (ratios, added latency, targets) and markdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+OK: Final = "ok"
+MISSED: Final = "MISSED"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    text: str
+    at_least: float | None = None
+    at_most: float | None = None  # exclusive when strict
+    strict: bool = False
+
+    def verdict(self, value: float | None) -> str:
+        if value is None:
+            return "n/a"
+        if self.at_least is not None and value < self.at_least:
+            return MISSED
+        if self.at_most is not None and (
+            value >= self.at_most if self.strict else value > self.at_most
+        ):
+            return MISSED
+        return OK
+
+
+THROUGHPUT_RATIO: Final = Target(">= 0.3", at_least=0.3)
+ADDED_P50_PER_HOP: Final = Target("<= 0.5 ms", at_most=0.5)
+ADDED_PER_CHUNK_CHAIN: Final = Target("< 5 ms", at_most=5.0, strict=True)
+RSS_GROWTH: Final = Target("< 50 MiB", at_most=50.0, strict=True)
+
+
+def _get(d: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _num_at(d: dict[str, Any], *keys: str) -> float | None:
+    value = _get(d, *keys)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _figure(
+    name: str, value: float | None, unit: str, target: Target | None = None, note: str = ""
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "value": value,
+        "unit": unit,
+        "target": target.text if target else None,
+        "verdict": target.verdict(value) if target else None,
+        "note": note,
+    }
+
+
+def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    small = results.get("small", {})
+
+    def rps(topo: str) -> float | None:
+        return _num_at(small, topo, "hey", "rps")
+
+    def seq50(topo: str) -> float | None:
+        return _num_at(small, topo, "seq", "p50_ms")
+
+    def hey50(topo: str) -> float | None:
+        return _num_at(small, topo, "hey", "p50_ms")
+
+    out.append(
+        _figure(
+            "throughput ollana 1 hop / nginx 1 hop",
+            _div(rps("ollana 1 hop"), rps("nginx 1 hop")),
+            "x",
+            THROUGHPUT_RATIO,
+            "GET /api/version, hey -c 16",
+        )
+    )
+    out.append(
+        _figure(
+            "throughput ollana chain / nginx 1 hop",
+            _div(rps("ollana chain"), rps("nginx 1 hop")),
+            "x",
+        )
+    )
+    out.append(
+        _figure(
+            "throughput ollana 1 hop (OLLANA_LOG=warn) / nginx 1 hop",
+            _div(rps("ollana 1 hop, OLLANA_LOG=warn"), rps("nginx 1 hop")),
+            "x",
+            note="same, without the per-request info log line",
+        )
+    )
+    out.append(
+        _figure(
+            "added p50, ollana server hop (1 hop - direct), sequential",
+            _sub(seq50("ollana 1 hop"), seq50("direct")),
+            "ms",
+            ADDED_P50_PER_HOP,
+            "one keep-alive connection, one request at a time",
+        )
+    )
+    out.append(
+        _figure(
+            "added p50, ollana client hop (chain - 1 hop), sequential",
+            _sub(seq50("ollana chain"), seq50("ollana 1 hop")),
+            "ms",
+            ADDED_P50_PER_HOP,
+        )
+    )
+    out.append(
+        _figure(
+            "added p50, nginx hop (1 hop - direct), sequential",
+            _sub(seq50("nginx 1 hop"), seq50("direct")),
+            "ms",
+        )
+    )
+    out.append(
+        _figure(
+            "added p50 per hop, ollana, hey -c 16",
+            _sub(hey50("ollana 1 hop"), hey50("direct")),
+            "ms",
+            note="under saturation: mostly queueing (concurrency / throughput)",
+        )
+    )
+    out.append(
+        _figure(
+            "added p50 per hop, nginx, hey -c 16", _sub(hey50("nginx 1 hop"), hey50("direct")), "ms"
+        )
+    )
+
+    stream = results.get("stream", {})
+    for topo in ("nginx 1 hop", "ollana 1 hop", "ollana chain"):
+        if topo not in stream:
+            continue
+        out.append(
+            _figure(
+                f"added time to first line, {topo}",
+                _sub(_get(stream, topo, "ttfc_p50_ms"), _get(stream, "direct", "ttfc_p50_ms")),
+                "ms",
+            )
+        )
+        out.append(
+            _figure(
+                f"added per-line latency p50, {topo}",
+                _sub(_get(stream, topo, "lag_p50_ms"), _get(stream, "direct", "lag_p50_ms")),
+                "ms",
+                ADDED_PER_CHUNK_CHAIN if topo == "ollana chain" else None,
+                "arrival minus the line's created_at, against direct",
+            )
+        )
+
+    upload = results.get("upload", {})
+    for topo in ("nginx 1 hop", "ollana 1 hop", "ollana chain"):
+        if topo in upload:
+            out.append(
+                _figure(
+                    f"upload throughput {topo} / direct",
+                    _div(_get(upload, topo, "mb_per_s"), _get(upload, "direct", "mb_per_s")),
+                    "x",
+                )
+            )
+    for topo in ("ollana 1 hop", "ollana chain"):
+        for role, growth in (_get(upload, topo, "rss_growth_mib") or {}).items():
+            out.append(
+                _figure(
+                    f"ollana {role} RSS growth during upload, {topo}", growth, "MiB", RSS_GROWTH
+                )
+            )
+    return out
+
+
+# -- markdown ------------------------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    res = doc["results"]
+    env = doc["environment"]
+    plan = doc["plan"]
+    parts = [
+        f"## ollana benchmark ({doc['mode']}, {doc['started']}, {doc['elapsed_s']} s)",
+        "",
+        f"`{doc['command']}`",
+        "",
+        (
+            f"ollana {env['ollana']} (git {env['git']}), Python {env['python']}, "
+            f"aiohttp {env['aiohttp']}, {env['nginx']}, {env['cpus']} CPUs, kernel {env['kernel']}. "
+            f"All on 127.0.0.1. CPU busy before the run: {env.get('cpu_busy_before_pct', '?')} %; "
+            f"CPU used by other processes during it: {env.get('cpu_others_during_pct', '?')} % "
+            "of the machine."
+        ),
+    ]
+    small = res.get("small", {})
+    if small:
+        parts += [
+            "",
+            "### Small requests: GET /api/version (upstream: a static nginx `return 200`, not Ollama)",
+            "",
+            (
+                f"hey -c {plan['concurrency']} -cpus 1, {plan['seconds']:g} s per topology in "
+                f"{plan['rounds']} round(s) taken in turn; sequential: one keep-alive connection, "
+                f"up to {plan['seq_count']} requests one at a time."
+            ),
+            "",
+            _table(
+                [
+                    "topology",
+                    "req/s (c=16)",
+                    "p50 ms",
+                    "p99 ms",
+                    "seq p50 ms",
+                    "seq p99 ms",
+                    "seq req/s",
+                ],
+                [
+                    [
+                        name,
+                        _num(r["hey"]["rps"], 0),
+                        _num(r["hey"]["p50_ms"], 1),
+                        _num(r["hey"]["p99_ms"], 1),
+                        _num(r["seq"]["p50_ms"], 3),
+                        _num(r["seq"]["p99_ms"], 3),
+                        _num(1000 / r["seq"]["mean_ms"], 0),
+                    ]
+                    for name, r in small.items()
+                ],
+            ),
+        ]
+    stream = res.get("stream", {})
+    if stream:
+        setup = res.get("stream_setup", {})
+        direct = stream.get("direct", {})
+        parts += [
+            "",
+            (
+                f"### Streaming: POST /api/generate against the fake Ollama ({setup.get('knobs')}, "
+                f"{setup.get('runs')} streams per topology)"
+            ),
+            "",
+            _table(
+                [
+                    "topology",
+                    "lines",
+                    "first line p50 ms",
+                    "added ms",
+                    "line lag p50 ms",
+                    "added ms",
+                    "line lag p99 ms",
+                    "whole stream ms",
+                ],
+                [
+                    [
+                        name,
+                        str(r["lines_per_run"]),
+                        _num(r["ttfc_p50_ms"]),
+                        _num(_sub(r["ttfc_p50_ms"], direct.get("ttfc_p50_ms")))
+                        if name != "direct"
+                        else "",
+                        _num(r["lag_p50_ms"]),
+                        _num(_sub(r["lag_p50_ms"], direct.get("lag_p50_ms")))
+                        if name != "direct"
+                        else "",
+                        _num(r["lag_p99_ms"]),
+                        _num(r["total_p50_ms"], 0),
+                    ]
+                    for name, r in stream.items()
+                ],
+            ),
+            "",
+            (
+                "Line lag = arrival at the client minus the line's own `created_at`; the fake stamps "
+                "a line before its 20 ms pause, so the direct lag is about 20 ms and only the added "
+                "columns matter."
+            ),
+        ]
+    upload = res.get("upload", {})
+    if upload:
+        parts += [
+            "",
+            (
+                f"### Upload: POST /api/blobs/sha256:<digest> of {plan['upload_mib']} MiB "
+                f"to the fake Ollama ({plan['upload_rounds']} round(s))"
+            ),
+            "",
+            _table(
+                ["topology", "MB/s", "seconds", "ollana RSS start -> peak (MiB)", "growth MiB"],
+                [
+                    [
+                        name,
+                        _num(r["mb_per_s"], 0),
+                        _num(r["seconds"]),
+                        ", ".join(
+                            f"{k} {r['rss_start_mib'][k]:.1f} -> {r['rss_peak_mib'][k]:.1f}"
+                            for k in r["rss_growth_mib"]
+                        )
+                        or "",
+                        ", ".join(f"{k} +{v:.1f}" for k, v in r["rss_growth_mib"].items()) or "",
+                    ]
+                    for name, r in upload.items()
+                ],
+            ),
+        ]
+    idle = res.get("idle_rss_mib", {})
+    if idle:
+        parts += [
+            "",
+            "### Idle RSS after start-up",
+            "",
+            _table(["process", "RSS MiB"], [[f"ollana {k}", _num(v, 1)] for k, v in idle.items()]),
+        ]
+    figs = doc.get("figures", [])
+    if figs:
+        parts += [
+            "",
+            "### Figures and targets",
+            "",
+            _table(
+                ["figure", "value", "target", "verdict"],
+                [
+                    [
+                        f["name"],
+                        f"{_num(f['value'])} {f['unit']}",
+                        f["target"] or "",
+                        f["verdict"] or "",
+                    ]
+                    for f in figs
+                ],
+            ),
+        ]
+    if doc.get("processes"):
+        parts += ["", "### Processes started", ""] + [
+            f"- {name}: `{cmd}`" for name, cmd in doc["processes"].items()
+        ]
+    if doc.get("failures"):
+        parts += ["", "### Failures", ""] + [f"- {f.splitlines()[0]}" for f in doc["failures"]]
+    return "\n".join(parts)
