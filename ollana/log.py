@@ -75,6 +75,56 @@ def _level_name(level: int) -> str:
     return names.get(level, str(level))
 
 
+class _Sink:
+    """structlog's output for ollana's own loggers: renders nothing, writes a finished line.
+
+    It writes through the installed stdlib handler (same stream, same lock, same reopen-on-rotate)
+    without building a LogRecord per event: a per-request log line must stay cheap.
+    """
+
+    __slots__ = ("name", "std", "_handler")
+
+    def __init__(self, name: str, handler: logging.Handler) -> None:
+        self.name = name
+        self.std = logging.getLogger(name)
+        self._handler = handler
+
+    def write(self, line: str) -> None:
+        h = self._handler
+        h.acquire()
+        try:
+            if isinstance(h, logging.handlers.WatchedFileHandler):
+                h.reopenIfNeeded()
+            stream = getattr(h, "stream", None)
+            if stream is not None:
+                stream.write(line + "\n")
+                stream.flush()
+        finally:
+            h.release()
+
+    debug = info = warning = warn = error = critical = exception = msg = log = write
+
+
+def _filter_by_target(logger: _Sink, method: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    # The stdlib hierarchy holds the levels (it caches lookups), so directives apply to both paths.
+    if not logger.std.isEnabledFor(_METHOD_LEVELS.get(method, logging.INFO)):
+        raise structlog.DropEvent
+    event["level"] = "warning" if method == "warn" else method
+    event["logger"] = logger.name
+    return event
+
+
+_METHOD_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "exception": logging.ERROR,
+}
+
+
 def configure(
     spec: LogSpec,
     fmt: LogFormat = LogFormat.AUTO,
@@ -94,21 +144,14 @@ def configure(
         handler = logging.StreamHandler(out)
         tty = bool(getattr(out, "isatty", lambda: False)())
     use_json = fmt is LogFormat.JSON or (fmt is LogFormat.AUTO and not tty)
-
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=tty)
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=tty)
     )
+    # Third-party loggers (aiohttp, asyncio, zeroconf) go through the stdlib and this formatter.
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, timestamper],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
@@ -124,15 +167,16 @@ def configure(
 
     structlog.configure(
         processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.PositionalArgumentsFormatter(),
-            structlog.processors.StackInfoRenderer(),
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            _filter_by_target,
+            timestamper,
+            structlog.processors.format_exc_info,
+            renderer,
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        logger_factory=lambda name=None, *_a: _Sink(str(name or "ollana"), handler),
+        wrapper_class=structlog.BoundLogger,
+        # Not cached: a logger first used before configure() (or reconfigured in tests and after
+        # daemonising) must follow the current configuration.
+        cache_logger_on_first_use=False,
     )
     return handler
 
