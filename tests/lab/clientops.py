@@ -75,11 +75,18 @@ def official_suite(base: str) -> dict[str, Any]:
     return out
 
 
+def _ready() -> None:
+    # Printed once imports and set-up are done, so a test can act after it and time only the
+    # reaction, not this process's start-up.
+    print("READY", flush=True)
+
+
 def wait_ok(base: str, path: str, timeout: float) -> dict[str, Any]:
     """Poll until a request succeeds with 200; report when (time.time()) and the answer."""
     deadline = time.monotonic() + timeout
     last = ""
     with httpx.Client(timeout=5) as c:
+        _ready()
         while time.monotonic() < deadline:
             try:
                 r = c.get(base + path)
@@ -90,6 +97,22 @@ def wait_ok(base: str, path: str, timeout: float) -> dict[str, Any]:
                 last = repr(exc)
             time.sleep(0.01)
     return {"ok": False, "at": time.time(), "last": last}
+
+
+def poll(base: str, path: str, duration: float) -> dict[str, Any]:
+    """Send requests back to back for ``duration`` seconds; report each one's start, end and status."""
+    results: list[tuple[float, float, int]] = []
+    with httpx.Client(timeout=5) as c:
+        _ready()
+        end = time.monotonic() + duration
+        while time.monotonic() < end:
+            t0 = time.time()
+            try:
+                code = c.get(base + path).status_code
+            except httpx.HTTPError:
+                code = 0
+            results.append((t0, time.time(), code))
+    return {"requests": results}
 
 
 def start_and_wait(argv: list[str], base: str, path: str, timeout: float) -> dict[str, Any]:
@@ -109,6 +132,7 @@ def wait_peers(base: str, count: int, timeout: float, healthy: bool) -> dict[str
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
     with httpx.Client(timeout=5) as c:
+        _ready()
         while time.monotonic() < deadline:
             try:
                 body = c.get(base + "/ollana/v1/status").json()
@@ -142,6 +166,8 @@ def main() -> None:
         _emit(wait_ok(a.base, a.path, a.timeout))
     elif a.op == "start-and-wait":
         _emit(start_and_wait(a.argv, a.base, a.path, a.timeout))
+    elif a.op == "poll":
+        _emit(poll(a.base, a.path, a.timeout))
     elif a.op == "wait-peers":
         _emit(wait_peers(a.base, a.count, a.timeout, a.healthy))
     else:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,37 @@ def start_ollana(host: Host, *args: str, env: dict[str, str] | None = None, wait
 def clientops(host: Host, *args: str, timeout: float = 60) -> dict[str, Any]:
     res = host.run([sys.executable, "-m", "tests.lab.clientops", *args], timeout=timeout)
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def event_time(host: Host, event: str, *, after: float, timeout: float = 10) -> float:
+    """When (time.time()) the host's ollana logged ``event``, waiting for it if need be."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in host.read_log(f"ollana-{host.name}").splitlines():
+            if f'"event": "{event}"' not in line:
+                continue
+            stamp = json.loads(line)["timestamp"]
+            at = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            if at >= after:
+                return at
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{host.name}: no {event} logged after {after}")
+        time.sleep(0.02)
+
+
+class Watcher:
+    """A clientops poller started *before* the event it times: its start-up is not measured."""
+
+    def __init__(self, host: Host, *args: str) -> None:
+        self._host = host
+        self._name = f"watch-{time.monotonic_ns()}"
+        self._proc = host.popen([sys.executable, "-m", "tests.lab.clientops", *args], log_name=self._name)
+        host.wait_for_line(self._proc, r"^READY$", timeout=20)
+
+    def result(self, timeout: float = 30) -> dict[str, Any]:
+        self._proc.wait(timeout)
+        lines = self._host.read_log(self._name).strip().splitlines()
+        return json.loads(lines[-1])
 
 
 def status(host: Host, port: int = 11434, addr: str = "127.0.0.1") -> dict[str, Any]:
