@@ -7,6 +7,7 @@ where requests may go and what to answer when nowhere works.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -96,7 +97,11 @@ class ProxyHandler:
             # second before every large upload. Sent only once there is somewhere to forward to.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = BodySource(request, self._replay_limit if len(targets) > 1 else 0)
-        await body.prepare()
+        try:
+            await body.prepare()
+        except asyncio.IncompleteReadError as exc:
+            reason = f"request body ended after {len(exc.partial)} of {exc.expected} bytes"
+            return error(request, 400, reason), "-", 0, reason
         tried: list[str] = []
         for index, target in enumerate(targets):
             last = index == len(targets) - 1

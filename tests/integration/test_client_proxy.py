@@ -99,3 +99,17 @@ async def test_busy_port_is_a_clear_startup_error() -> None:
         assert "Ollama" in str(info.value)
     finally:
         blocker.close()
+
+
+async def test_truncated_request_body_is_a_400_and_never_forwarded(two_servers: list[tuple[FakeOllama, str]]) -> None:
+    (f1, p1), (f2, p2) = two_servers
+    async with client_for(p1, p2) as client_url:
+        port = int(client_url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\":")
+        await writer.drain()
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400") and b"request body ended" in answer
+    assert not any(r.path == "/api/chat" for f in (f1, f2) for r in f.requests)
