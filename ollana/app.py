@@ -11,7 +11,8 @@ from contextlib import AsyncExitStack
 import aiohttp
 import structlog
 
-from ollana.config import Config, Mode, Role
+from ollana.config import Config, Mode, Role, Trust
+from ollana.devicetrust import DeviceTrust
 from ollana.proxy.headers import is_from_ollana
 from ollana.roles.client import ClientNode
 from ollana.roles.server import ServerNode
@@ -56,16 +57,27 @@ async def run(
     ready: Callable[[Ready], None] = lambda _r: None,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Run one node until ``shutdown`` is set. Raises StartupError if it cannot start."""
+    """Run one node until ``shutdown`` is set. Raises StartupError if it cannot start, ConfigError
+    if its state (identity, trust store) is unusable."""
+    hostname = Node.local_hostname()
+    node_id = load_node_id(config.state_dir)
+    devices = DeviceTrust.load(config.state_dir, hostname) if config.trust is Trust.DEVICES else None
+    if devices is None:
+        log.warning(
+            "trust_open",
+            warning="TRUST MODE OPEN: plain HTTP, no device checks; anyone on this network can use "
+            "the servers, read every prompt and answer, or pose as a server. Use it only on a network "
+            "you trust; the default, --trust devices, pairs devices and encrypts traffic",
+        )
     async with AsyncExitStack() as stack:
         session = await stack.enter_async_context(upstream_session(config.timings.connect_timeout))
         role = await detect_role(config, session)
         node = Node(
-            node_id=load_node_id(config.state_dir),
+            node_id=node_id,
             instance_id=secrets.token_bytes(8),
-            hostname=Node.local_hostname(),
+            hostname=hostname,
             started=clock(),
         )
-        rt = Runtime(config=config, node=node, session=session, clock=clock)
+        rt = Runtime(config=config, node=node, session=session, clock=clock, devices=devices)
         runner = ServerNode(rt) if role is Role.SERVER else ClientNode(rt)
         await runner.run(shutdown, ready)

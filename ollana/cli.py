@@ -24,6 +24,7 @@ from ollana.config import (
     LogFormat,
     Mode,
     Timings,
+    Trust,
     default_state_dir,
     parse_endpoint,
     parse_ollama_host,
@@ -82,6 +83,9 @@ def cli() -> None:
 @click.option("--peer", "peers", multiple=True, callback=_peers, metavar="HOST[:PORT]",
               help="A server to use besides the discovered ones (repeatable; port defaults to 11435).")
 @click.option("--no-discovery", is_flag=True, help="Neither announce nor listen for servers (use with --peer).")
+@click.option("--trust", type=click.Choice([t.value for t in Trust]), default="devices", show_default=True,
+              help="devices: mutual TLS, only paired devices (`ollana device pending`, `ollana device allow`). "
+                   "open: plain HTTP, anyone on the network may use the server and read prompts.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), envvar="OLLANA_HOME",
               help="Where ollana keeps its state [env: OLLANA_HOME].")
 @click.option("--log-format", type=click.Choice([f.value for f in LogFormat]), default="auto", show_default=True,
@@ -148,6 +152,7 @@ def build_config(opts: Mapping[str, Any], env: Mapping[str, str], *, is_root: bo
         static_peers=tuple(opts.get("peers") or ()),
         state_dir=Path(state_dir),
         log_format=LogFormat(opts.get("log_format") or "auto"),
+        trust=Trust(opts.get("trust") or "devices"),
         timings=timings,
     )
 

@@ -36,6 +36,15 @@ class Role(enum.Enum):
     CLIENT = "client"
 
 
+class Trust(enum.Enum):
+    """Who may use a server, and how nodes talk (see docs/security.md)."""
+
+    # Mutual TLS; only devices the user allowed (paired) talk to each other.
+    DEVICES = "devices"
+    # Plain HTTP, no checks: anyone on the network may use the server and read the traffic.
+    OPEN = "open"
+
+
 class LogFormat(enum.Enum):
     AUTO = "auto"
     CONSOLE = "console"
@@ -72,6 +81,8 @@ class Timings:
     health_timeout: float = 1.5
     # Graceful shutdown: how long in-flight requests may take to finish.
     grace: float = 10.0
+    # How often a running node looks for `ollana device allow/disable` (devices.json).
+    trust_poll: float = 0.5
 
     @property
     def health_interval(self) -> float:
@@ -93,6 +104,7 @@ class Config:
     log_format: LogFormat = LogFormat.AUTO
     # Request bodies up to this size are kept in memory so they can be replayed on another server.
     replay_limit: int = 1024 * 1024
+    trust: Trust = Trust.DEVICES
     timings: Timings = field(default_factory=Timings)
 
     def listen_for(self, role: Role) -> Endpoint:

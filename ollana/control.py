@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -91,10 +92,14 @@ def _wait_for_pid(fd: int, patience: float = 1.0) -> int | None:
 Fetch = Callable[[Endpoint], dict[str, Any]]
 
 
-def fetch_status(endpoint: Endpoint) -> dict[str, Any]:
-    """GET /ollana/v1/status from the node (never through an HTTP proxy)."""
+def fetch_status(endpoint: Endpoint, tls: ssl.SSLContext | None = None) -> dict[str, Any]:
+    """GET /ollana/v1/status from the node (never through an HTTP proxy); over TLS with ``tls``."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(endpoint.host, endpoint.host)
-    conn = http.client.HTTPConnection(host, endpoint.port, timeout=STATUS_TIMEOUT)
+    conn: http.client.HTTPConnection = (
+        http.client.HTTPSConnection(host, endpoint.port, timeout=STATUS_TIMEOUT, context=tls)
+        if tls is not None
+        else http.client.HTTPConnection(host, endpoint.port, timeout=STATUS_TIMEOUT)
+    )
     try:
         conn.request("GET", "/ollana/v1/status", headers={"Accept": "application/json"})
         resp = conn.getresponse()
@@ -102,14 +107,34 @@ def fetch_status(endpoint: Endpoint) -> dict[str, Any]:
     finally:
         conn.close()
     if resp.status != 200:
-        raise OSError(f"HTTP {resp.status}")
+        raise OSError(f"HTTP {resp.status}: {_error_of(body)}")
     data = json.loads(body)
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")  # noqa: TRY004 (bad data, reported as such)
     return data
 
 
-def status(pid_file: Path, *, fetch: Fetch = fetch_status) -> int:
+def _error_of(body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body[:200].decode("utf-8", "replace")
+    return str(doc.get("error", doc)) if isinstance(doc, dict) else str(doc)
+
+
+def own_tls(state: Mapping[str, Any]) -> ssl.SSLContext:
+    """A TLS server node (trust mode devices) is reached with its own certificate and key, pinned
+    to that certificate: only who can read the node's key can ask it."""
+    cert, key = str(state.get("cert_file") or ""), str(state.get("key_file") or "")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    ctx.load_verify_locations(cafile=cert)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def status(pid_file: Path, *, fetch: Fetch | None = None) -> int:
     """``ollana status``: print whether ollana runs and what it does; return an LSB status code."""
     try:
         st = read_pid_file(pid_file)
@@ -129,12 +154,28 @@ def status(pid_file: Path, *, fetch: Fetch = fetch_status) -> int:
         print(f"  pid file: {pid_file}")
         return EXIT_OK
     listen = Endpoint(str(state.get("listen_host", "127.0.0.1")), int(state.get("listen_port", 0)))
+    if fetch is None:
+        fetch = _fetch_for(state)
     for line in describe_node(state, listen, fetch):
         print("  " + line)
     print(f"  pid file: {pid_file}")
     if state.get("log_file"):
         print(f"  log file: {state['log_file']}")
     return EXIT_OK
+
+
+def _fetch_for(state: Mapping[str, Any]) -> Fetch:
+    if state.get("scheme") != "https":
+        return fetch_status
+
+    def fetch(endpoint: Endpoint) -> dict[str, Any]:
+        try:
+            tls = own_tls(state)
+        except (OSError, ssl.SSLError) as exc:
+            raise OSError(f"cannot use the node's key to ask it over TLS: {exc.strerror or exc}") from exc
+        return fetch_status(endpoint, tls)
+
+    return fetch
 
 
 def describe_node(state: Mapping[str, Any], listen: Endpoint, fetch: Fetch) -> list[str]:
@@ -151,6 +192,9 @@ def describe_node(state: Mapping[str, Any], listen: Endpoint, fetch: Fetch) -> l
         f"listen:   {node.get('listen', listen)}",
         f"uptime:   {format_duration(float(node.get('uptime_s') or 0))}",
     ]
+    if node.get("trust"):
+        device = f" (this device: {str(node['device_id'])[:7]})" if node.get("device_id") else ""
+        lines.append(f"trust:    {node['trust']}{device}")
     upstream = node.get("upstream")
     if isinstance(upstream, dict):
         health = "up" if upstream.get("healthy") else f"down ({upstream.get('error') or 'not answering'})"

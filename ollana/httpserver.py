@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from ollana.config import Endpoint
 from ollana.errors import StartupError
-from ollana.proxy.handler import ProxyHandler
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A listening server: where it is bound, and its open connections."""
+
+    endpoint: Endpoint
+    _server: web.Server
+
+    def transports(self) -> list[asyncio.Transport]:
+        """The transports of the connections open right now (to close some of them)."""
+        return [h.transport for h in self._server.connections if h.transport is not None]
 
 
 @asynccontextmanager
 async def listening(
-    handler: ProxyHandler, endpoint: Endpoint, *, grace: float, busy_hint: str
-) -> AsyncIterator[Endpoint]:
-    """Serve ``handler`` on ``endpoint``; on exit stop accepting, let requests finish for up to
-    ``grace`` seconds, then close. Yields the bound endpoint (the real port when 0 was asked)."""
+    handler: Handler,
+    endpoint: Endpoint,
+    *,
+    grace: float,
+    busy_hint: str,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[Listener]:
+    """Serve ``handler`` on ``endpoint`` (over TLS with ``ssl_context``); on exit stop accepting,
+    let requests finish for up to ``grace`` seconds, then close. Yields the listener, whose
+    endpoint is the bound one (the real port when 0 was asked)."""
     server = web.Server(
         handler,
         # A client that goes away cancels its handler, which closes the upstream connection:
@@ -30,7 +52,7 @@ async def listening(
     )
     runner = web.ServerRunner(server, shutdown_timeout=grace, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True)
+    site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -40,6 +62,6 @@ async def listening(
         raise StartupError(f"cannot listen on {endpoint}: {exc.strerror or exc}") from exc
     try:
         port = runner.addresses[0][1] if runner.addresses else endpoint.port
-        yield Endpoint(endpoint.host, port)
+        yield Listener(Endpoint(endpoint.host, port), server)
     finally:
         await runner.cleanup()

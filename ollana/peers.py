@@ -43,6 +43,10 @@ class Peer:
     scheme: str = "http"
     hostname: str = ""
     ollama_version: str = ""
+    # devices mode: the device ID (canonical base32) whose certificate the proxy must present.
+    # Set from heartbeats once the address was checked, or learned from a static peer's certificate.
+    device_id: str | None = None
+    trust: str = "open"
     healthy: bool = True
     rtt_ms: float | None = None
     inflight: int = 0
@@ -67,6 +71,8 @@ class Peer:
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
             "inflight": self.inflight,
             "ollama_version": self.ollama_version,
+            "trust": self.trust,
+            "device_id": self.device_id,
             "last_seen_s_ago": round(max(0.0, now - self.last_seen), 3),
         }
 
@@ -99,7 +105,9 @@ class PeerTable:
 
     # -- discovery input -------------------------------------------------------------------
 
-    def observe(self, hb: Heartbeat, source_ip: str, now: float) -> Change | None:
+    def observe(self, hb: Heartbeat, source_ip: str, now: float, device_id: str | None = None) -> Change | None:
+        """A heartbeat heard from ``source_ip``. ``device_id``: its announced device ID, decoded
+        (checked by the caller against the certificate at that address)."""
         key = hb.node_id.hex()
         instance = hb.instance_id.hex()
         ttl = self._missed * hb.interval_ms / 1000.0
@@ -116,6 +124,8 @@ class PeerTable:
                 scheme=hb.scheme,
                 hostname=hb.hostname,
                 ollama_version=hb.ollama_version,
+                device_id=device_id,
+                trust=hb.trust,
             )
             peer.addresses[source_ip] = now
             self._peers[key] = peer
@@ -123,6 +133,7 @@ class PeerTable:
         peer.last_seen = now
         peer.ttl = ttl
         peer.hostname, peer.ollama_version, peer.scheme = hb.hostname, hb.ollama_version, hb.scheme
+        peer.device_id, peer.trust = device_id, hb.trust
         peer.addresses[source_ip] = now
         if peer.instance_id != instance:
             # A restarted server deserves a fresh start: forget failures of the old process.
@@ -144,11 +155,11 @@ class PeerTable:
             return None
         return self._remove(key, ChangeKind.REMOVED)
 
-    def add_static(self, endpoint: Endpoint, now: float) -> Change | None:
+    def add_static(self, endpoint: Endpoint, now: float, *, scheme: str = "http", trust: str = "open") -> Change | None:
         key = f"static:{endpoint}"
         if key in self._peers:
             return None
-        peer = Peer(key, endpoint, Source.STATIC, now, now, ttl=math.inf)
+        peer = Peer(key, endpoint, Source.STATIC, now, now, ttl=math.inf, scheme=scheme, trust=trust)
         self._peers[key] = peer
         return Change(ChangeKind.ADDED, peer)
 

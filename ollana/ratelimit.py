@@ -24,3 +24,8 @@ class RateLimiter:
             self._suppressed.clear()
         self._last[key] = now
         return True, self._suppressed.pop(key, 0)
+
+    def forget(self, key: str) -> None:
+        """As if ``key`` was never seen: its next event is allowed."""
+        self._last.pop(key, None)
+        self._suppressed.pop(key, None)

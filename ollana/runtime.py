@@ -6,12 +6,15 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from ollana import __version__
 from ollana.config import Config, Endpoint, Role
+
+if TYPE_CHECKING:
+    from ollana.devicetrust import DeviceTrust
 
 # aiohttp adds these when absent; a transparent proxy must not invent headers the client never sent.
 _NO_AUTO_HEADERS = ("User-Agent", "Content-Type", "Accept", "Accept-Encoding")
@@ -36,6 +39,11 @@ class Ready:
     role: Role
     listen: Endpoint
     node_id: str
+    # "https" when the proxy speaks TLS (a server in trust mode devices); then ``ollana status``
+    # connects with the node's own certificate and key (paths), which the node lets in.
+    scheme: str = "http"
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +52,8 @@ class Runtime:
     node: Node
     session: aiohttp.ClientSession
     clock: Callable[[], float] = time.monotonic
+    # Trust mode devices: identity and allow list (None in trust mode open).
+    devices: DeviceTrust | None = None
 
     def base_status(self, role: Role, listen: Endpoint) -> dict[str, Any]:
         return {
@@ -54,6 +64,8 @@ class Runtime:
             "role": role.value,
             "listen": str(listen),
             "uptime_s": round(self.clock() - self.node.started, 3),
+            "trust": self.config.trust.value,
+            "device_id": self.devices.device_id if self.devices is not None else None,
         }
 
 

@@ -49,11 +49,19 @@ class Tag(enum.IntEnum):
     INTERVAL_MS = 8
     ADDRESS = 9
     OLLANA_VERSION = 10
+    DEVICE_ID = 11
+    TRUST = 12
 
 
 NODE_ID_LEN: Final = 16
 INSTANCE_ID_LEN: Final = 8
 SCHEMES: Final = ("http", "https")
+DEVICE_ID_LEN: Final = 32
+# Trust modes on the wire (u8). A heartbeat without the field comes from an `open` node.
+TRUST_OPEN: Final = "open"
+TRUST_DEVICES: Final = "devices"
+_TRUST_CODES: Final = {TRUST_OPEN: 0, TRUST_DEVICES: 1}
+_TRUST_NAMES: Final = {code: name for name, code in _TRUST_CODES.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,10 @@ class Heartbeat:
     # The sender's address on the interface it sent on (informational: receivers trust the
     # datagram's source address, which is what routes back).
     address: str | None = None
+    # ``devices``: the proxy speaks TLS with this device's certificate (SHA-256 of its DER) and
+    # serves only devices it allowed. ``open``: plain HTTP, no device checks.
+    trust: str = TRUST_OPEN
+    device_id: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +140,10 @@ def encode(packet: Packet) -> bytes:
         ]
         if packet.address is not None:
             fields.append((Tag.ADDRESS, ipaddress.ip_address(packet.address).packed))
+        _check_trust(packet.trust, packet.device_id, packet.scheme)
+        fields.append((Tag.TRUST, _u("!B", _TRUST_CODES[packet.trust])))
+        if packet.device_id is not None:
+            fields.append((Tag.DEVICE_ID, packet.device_id))
     elif isinstance(packet, Goodbye):
         kind = Kind.GOODBYE
     else:
@@ -138,6 +154,15 @@ def encode(packet: Packet) -> bytes:
     if len(out) > MAX_PACKET:
         raise PacketError("too_big", f"{len(out)} bytes")
     return bytes(out)
+
+
+def _check_trust(trust: str, device_id: bytes | None, scheme: str) -> None:
+    if trust not in _TRUST_CODES:
+        raise PacketError("bad_trust", trust)
+    if device_id is not None and len(device_id) != DEVICE_ID_LEN:
+        raise PacketError("bad_field", f"device_id has {len(device_id)} bytes, want {DEVICE_ID_LEN}")
+    if trust == TRUST_DEVICES and (device_id is None or scheme != "https"):
+        raise PacketError("bad_field", "trust devices needs a device_id and scheme https")
 
 
 def _fields(data: bytes) -> dict[int, bytes]:
@@ -208,6 +233,14 @@ def decode(data: bytes) -> Packet:
         if len(raw) not in (4, 16):
             raise PacketError("bad_field", f"address has {len(raw)} bytes")
         address = str(ipaddress.ip_address(raw))
+    trust = TRUST_OPEN
+    if Tag.TRUST in fields:
+        (code,) = struct.unpack("!B", _need(fields, Tag.TRUST, 1))
+        if code not in _TRUST_NAMES:
+            raise PacketError("bad_field", f"trust mode {code}")
+        trust = _TRUST_NAMES[code]
+    device_id = _need(fields, Tag.DEVICE_ID, DEVICE_ID_LEN) if Tag.DEVICE_ID in fields else None
+    _check_trust(trust, device_id, scheme)
     return Heartbeat(
         node_id=node_id,
         instance_id=instance_id,
@@ -219,4 +252,6 @@ def decode(data: bytes) -> Packet:
         ollama_version=_str(fields, Tag.OLLAMA_VERSION),
         ollana_version=_str(fields, Tag.OLLANA_VERSION),
         address=address,
+        trust=trust,
+        device_id=device_id,
     )

@@ -7,6 +7,7 @@ each chunk the upstream writes is written to the client as soon as it arrives.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
@@ -35,6 +36,8 @@ class Target:
     key: str
     base_url: str
     host_header: str
+    # For an https upstream: the context that pins the peer's certificate (trust mode devices).
+    tls: ssl.SSLContext | None = None
 
     def url_for(self, raw_path: str) -> yarl.URL:
         # raw_path keeps the client's exact percent-encoding and query string.
@@ -108,6 +111,7 @@ async def open_upstream(
             data=body.data(),
             allow_redirects=False,
             timeout=timeout,
+            ssl=target.tls if target.tls is not None else True,
         )
     except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
         reason = str(exc) or type(exc).__name__

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,16 +14,21 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from ollana.config import Role
-from ollana.discovery.packet import Goodbye, Heartbeat, Packet, Probe
+from ollana.config import Role, Trust
+from ollana.discovery.packet import TRUST_DEVICES, Goodbye, Heartbeat, Packet, Probe
 from ollana.discovery.service import Discovery
+from ollana.errors import UpstreamUnavailable
 from ollana.httpserver import listening
-from ollana.peers import Change, ChangeKind, Peer, PeerTable
+from ollana.identity import id_from_bytes
+from ollana.peers import Change, ChangeKind, Peer, PeerTable, Source
 from ollana.proxy.answers import error, json_response
 from ollana.proxy.forward import Target
 from ollana.proxy.handler import ProxyHandler
 from ollana.proxy.headers import is_from_ollana
+from ollana.ratelimit import RateLimiter
+from ollana.roles.vetting import ServerVetting
 from ollana.runtime import Ready, Runtime
+from ollana.tlsconf import PeerIdentityMismatch, check_peer, fetch_peer_cert
 
 log = structlog.get_logger(__name__)
 
@@ -37,33 +44,83 @@ def log_change(change: Change | None) -> None:
         log.info(f"peer_{change.kind.value}", **fields)
 
 
-def target_of(peer: Peer) -> Target:
-    return Target(peer.key, peer.url, str(peer.endpoint))
+def target_of(peer: Peer, tls: ssl.SSLContext | None = None) -> Target:
+    return Target(peer.key, peer.url, str(peer.endpoint), tls)
+
+
+class OpenPolicy:
+    """Trust mode open: every server is usable, over plain HTTP."""
+
+    def usable(self, peer: Peer) -> bool:
+        return True
+
+    def context(self, peer: Peer) -> ssl.SSLContext | None:
+        return None
+
+    def unpaired_hint(self, peers: list[Peer]) -> str | None:
+        return None
+
+    def refusing(self, peer: Peer) -> bool:
+        return False
 
 
 class ClientRoute:
-    """Routes to the peers in the table, waiting a short grace for discovery when none is known."""
+    """Routes to the peers in the table, waiting a short grace for discovery when none is known.
 
-    def __init__(self, table: PeerTable, clock: Callable[[], float], grace: float, probe: Callable[[], None]) -> None:
+    Only the servers the policy allows are used (trust mode devices: paired ones, each over a
+    context pinned to its certificate).
+    """
+
+    def __init__(
+        self,
+        table: PeerTable,
+        clock: Callable[[], float],
+        grace: float,
+        probe: Callable[[], None],
+        policy: OpenPolicy | ServerVetting | None = None,
+    ) -> None:
         self._table = table
         self._clock = clock
         self._grace = grace
         self._probe = probe
+        self._policy = policy or OpenPolicy()
         self.peer_added = asyncio.Event()
+        # The request tasks in flight per peer, so that disabling a server cuts its streams.
+        self._inflight: dict[str, set[asyncio.Task[Any]]] = {}
 
     async def targets(self) -> list[Target]:
         if not len(self._table):
             self._probe()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.peer_added.wait(), self._grace)
-        return [target_of(p) for p in self._table.candidates(self._clock())]
+        policy = self._policy
+        return [
+            target_of(p, policy.context(p)) for p in self._table.candidates(self._clock()) if policy.usable(p)
+        ]
 
     def begin(self, target: Target) -> None:
         self._table.begin(target.key)
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.setdefault(target.key, set()).add(task)
+
+    def cut(self, key: str) -> int:
+        """Cancel the requests in flight to a peer (it was disabled); returns how many."""
+        tasks = self._inflight.pop(key, set())
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
 
     def end(self, target: Target, *, ok: bool) -> None:
         self._table.end(target.key)
-        if ok:
+        tasks = self._inflight.get(target.key)
+        if tasks is not None:
+            tasks.discard(asyncio.current_task())
+            if not tasks:
+                del self._inflight[target.key]
+        peer = self._table.get(target.key)
+        if ok and peer is not None and not self._policy.refusing(peer):
+            # (A server that refuses this device answers too, but is not healthy for it.)
             log_change(self._table.mark_healthy(target.key, None, self._clock()))
             self._table.settle(target.key)
 
@@ -73,6 +130,9 @@ class ClientRoute:
 
     def unavailable(self, request: web.BaseRequest, tried: list[str]) -> web.Response:
         if not tried:
+            hint = self._policy.unpaired_hint(list(self._table))
+            if hint is not None:
+                return error(request, 503, hint, not_forwarded=True)
             return error(
                 request, 503,
                 f"no Ollama server found on the LAN (waited {self._grace:g} s for discovery); "
@@ -87,10 +147,20 @@ class ClientNode:
         self._rt = rt
         self._table = PeerTable(rt.config.timings.missed_heartbeats)
         self._discovery: Discovery | None = None
-        self._route = ClientRoute(self._table, rt.clock, rt.config.timings.no_peer_grace, self._probe)
+        self._vetting: ServerVetting | None = None
+        if rt.devices is not None:
+            self._vetting = ServerVetting(
+                rt.devices, rt.session, hostname=rt.node.hostname,
+                timeout=rt.config.timings.health_timeout, clock=rt.clock,
+            )
+        self._route = ClientRoute(self._table, rt.clock, rt.config.timings.no_peer_grace, self._probe, self._vetting)
         self._listen = rt.config.listen_for(Role.CLIENT)
         self._check_now = asyncio.Event()
         self._last_probe = -1e9
+        self._tg: asyncio.TaskGroup | None = None
+        self._checks: dict[tuple[str, int, str], asyncio.Task[None]] = {}
+        # Servers in the other trust mode: said once per node, never used.
+        self._mismatch = RateLimiter(math.inf)
 
     async def run(self, shutdown: asyncio.Event, ready: Callable[[Ready], None]) -> None:
         cfg = self._rt.config
@@ -98,14 +168,17 @@ class ClientNode:
             self._rt.session, self._route, self._status,
             connect_timeout=cfg.timings.connect_timeout, replay_limit=cfg.replay_limit,
         )
+        devices_mode = cfg.trust is Trust.DEVICES
         for endpoint in cfg.static_peers:
-            self._apply(self._table.add_static(endpoint, self._rt.clock()))
+            self._apply(self._table.add_static(
+                endpoint, self._rt.clock(), scheme="https" if devices_mode else "http", trust=cfg.trust.value,
+            ))
         busy = (
             "an Ollama (or another ollana) is probably already running on this machine; "
             "use `ollana serve --mode server` there, or choose another address with --listen"
         )
-        async with listening(handler, self._listen, grace=cfg.timings.grace, busy_hint=busy) as bound:
-            self._listen = bound
+        async with listening(handler, self._listen, grace=cfg.timings.grace, busy_hint=busy) as listener:
+            bound = self._listen = listener.endpoint
             if cfg.discovery:
                 self._discovery = Discovery(
                     port=cfg.discovery_port, group=cfg.discovery_group, interface_names=cfg.interfaces,
@@ -113,15 +186,20 @@ class ClientNode:
                 )
                 await self._discovery.start()
             try:
-                self._probe()
-                log.info("serving", role="client", listen=str(bound))
-                ready(Ready(Role.CLIENT, bound, self._rt.node.node_id.hex()))
                 async with asyncio.TaskGroup() as tg:
+                    self._tg = tg  # checks of heartbeats run in it: the probe goes out once it exists
                     tasks = [tg.create_task(self._expire_loop()), tg.create_task(self._health_loop())]
+                    if self._rt.devices is not None:
+                        tasks.append(tg.create_task(self._rt.devices.watch(cfg.timings.trust_poll, self._trust_tick)))
+                    self._probe()
+                    log.info("serving", role="client", listen=str(bound), trust=cfg.trust.value)
+                    ready(Ready(Role.CLIENT, bound, self._rt.node.node_id.hex()))
                     await shutdown.wait()
-                    for task in tasks:
+                    self._tg = None  # no new checks while the group winds down
+                    for task in [*tasks, *self._checks.values()]:
                         task.cancel()
             finally:
+                self._tg = None
                 if self._discovery is not None:
                     self._discovery.close()
             log.info("stopped", role="client", grace_s=cfg.timings.grace)
@@ -149,9 +227,69 @@ class ClientNode:
 
     def _on_packet(self, packet: Packet, source: str, now: float) -> None:
         if isinstance(packet, Heartbeat):
-            self._apply(self._table.observe(packet, source, now))
+            self._on_heartbeat(packet, source, now)
         elif isinstance(packet, Goodbye):
             self._apply(self._table.goodbye(packet))
+
+    def _on_heartbeat(self, hb: Heartbeat, source: str, now: float) -> None:
+        ours = self._rt.config.trust.value
+        if hb.trust != ours:
+            self._trust_mismatch(hb, source, now)
+            return
+        if self._vetting is None or hb.device_id is None:
+            self._apply(self._table.observe(hb, source, now))
+            return
+        device_id = id_from_bytes(hb.device_id)
+        verdict = self._vetting.verdict(source, hb.proxy_port, device_id)
+        if verdict:
+            self._apply(self._table.observe(hb, source, now, device_id))
+        elif verdict is None:
+            self._start_check(hb, source, device_id)
+
+    def _trust_mismatch(self, hb: Heartbeat, source: str, now: float) -> None:
+        allowed, _ = self._mismatch.allow(hb.node_id.hex(), now)
+        if not allowed:
+            return
+        if hb.trust == TRUST_DEVICES:
+            reason = ("the server serves only paired devices over TLS (trust mode devices) and this client runs "
+                      "--trust open; run the client without --trust open and pair the two")
+        else:
+            reason = ("the server runs --trust open (plain HTTP, no device checks) and this client runs trust "
+                      "mode devices, which never sends prompts in the clear; run both in the same mode")
+        log.warning("server_ignored", node=hb.node_id.hex(), hostname=hb.hostname or None,
+                    address=f"{source}:{hb.proxy_port}", server_trust=hb.trust,
+                    client_trust=self._rt.config.trust.value, reason=reason)
+
+    def _start_check(self, hb: Heartbeat, source: str, device_id: str) -> None:
+        """Check that the proxy at ``source`` holds the announced key, then take the heartbeat."""
+        vetting, tg = self._vetting, self._tg
+        where = (source, hb.proxy_port, device_id)
+        if vetting is None or tg is None or where in self._checks or len(self._checks) >= 16:
+            return
+        if not vetting.may_check(*where):
+            return
+
+        async def check() -> None:
+            try:
+                if await vetting.check(source, hb.proxy_port, device_id, hb.hostname):
+                    self._apply(self._table.observe(hb, source, self._rt.clock(), device_id))
+            finally:
+                self._checks.pop(where, None)
+
+        self._checks[where] = tg.create_task(check())
+
+    # -- trust -----------------------------------------------------------------------------
+
+    def _trust_tick(self, allowed_changed: bool) -> None:
+        if not allowed_changed or self._vetting is None:
+            return
+        gone = self._vetting.forget_disallowed()
+        for peer in self._table:
+            if peer.device_id in gone:
+                cut = self._route.cut(peer.key)
+                log.warning("server_cut_off", peer=peer.key, hostname=peer.hostname or None,
+                            address=str(peer.endpoint), requests=cut, reason="disabled on this device")
+        self._check_now.set()  # newly allowed servers: usable at once
 
     async def _expire_loop(self) -> None:
         period = self._rt.config.timings.heartbeat_interval / 4
@@ -177,19 +315,38 @@ class ClientNode:
                 await asyncio.wait_for(self._check_now.wait(), self._rt.config.timings.health_interval)
 
     async def _check(self, peer: Peer, timeout: aiohttp.ClientTimeout) -> None:
+        vetting = self._vetting
+        tls: ssl.SSLContext | None = None
+        if vetting is not None:
+            if peer.source is Source.STATIC and not vetting.usable(peer):
+                await vetting.learn(peer)  # a static peer's device is the one its certificate names
+            tls = vetting.context(peer)
+            if tls is None:
+                return  # not paired: never asked anything but the hello
         started = time.perf_counter()
         try:
-            async with self._rt.session.get(peer.url + "/ollana/v1/status", timeout=timeout) as resp:
+            async with self._rt.session.get(
+                peer.url + "/ollana/v1/status", timeout=timeout, ssl=tls if tls is not None else True,
+            ) as resp:
+                if vetting is not None and peer.device_id is not None and resp.connection is not None:
+                    transport = resp.connection.transport
+                    check_peer(transport.get_extra_info("ssl_object") if transport else None, peer.device_id)
                 body = await resp.json(content_type=None)
+                if vetting is not None:
+                    vetting.answered(peer, resp.status)
                 if resp.status != 200 or not is_from_ollana(resp.headers):
                     raise ValueError(f"status {resp.status}")
             rtt_ms = (time.perf_counter() - started) * 1000
             upstream = body.get("upstream") if isinstance(body, dict) else None
             if not isinstance(upstream, dict) or not upstream.get("healthy"):
                 raise ValueError("its Ollama is not answering")
-        except (TimeoutError, aiohttp.ClientError, ValueError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError, OSError, PeerIdentityMismatch) as exc:
             log.debug("peer_check_failed", peer=peer.key, error=str(exc) or type(exc).__name__)
             log_change(self._table.mark_failed(peer.key, self._rt.clock()))
+            if vetting is not None and peer.device_id is not None:
+                await self._after_failed_check(vetting, peer, exc)
+            elif vetting is None and peer.source is Source.STATIC:
+                await self._tell_if_tls(peer)
             return
         if isinstance(body, dict):
             peer.hostname = peer.hostname or str(body.get("hostname", ""))
@@ -205,8 +362,40 @@ class ClientNode:
         now = self._rt.clock()
         body: dict[str, Any] = self._rt.base_status(Role.CLIENT, self._listen)
         body["current_peer"] = self._table.current
-        body["peers"] = [p.status(now) for p in self._table]
+        usable = self._route_policy_usable
+        body["peers"] = [{**p.status(now), "paired": usable(p)} for p in self._table]
         body["interfaces"] = [
             {"name": i.name, "address": i.address} for i in (self._discovery.interfaces if self._discovery else [])
         ]
         return json_response(200, body)
+
+    async def _after_failed_check(self, vetting: ServerVetting, peer: Peer, exc: BaseException) -> None:
+        if isinstance(exc, (aiohttp.ClientConnectorCertificateError, PeerIdentityMismatch)):
+            # The pinned context refused the certificate at that address: not the paired server.
+            assert peer.device_id is not None
+            vetting.impostor(peer.endpoint.host, peer.endpoint.port, peer.device_id, None)
+            if peer.source is Source.STATIC:
+                peer.device_id = None  # learn again what is there now (it may have a new identity)
+            return
+        if vetting.refusing(peer) or not isinstance(exc, ValueError):
+            # Refused with a 403 or in the handshake: the server may have forgotten us (or never
+            # heard our hello). Introduce ourselves again (at most every 30 s).
+            await vetting.hello_again(peer)
+
+    async def _tell_if_tls(self, peer: Peer) -> None:
+        """Trust mode open, a --peer that does not answer plain HTTP: if it speaks TLS, say why."""
+        allowed, _ = self._mismatch.allow(peer.key, self._rt.clock())
+        if not allowed:
+            return
+        try:
+            await fetch_peer_cert(peer.endpoint.host, peer.endpoint.port, self._rt.config.timings.health_timeout)
+        except UpstreamUnavailable:
+            self._mismatch.forget(peer.key)  # not TLS either (down?): ask again later
+            return
+        log.warning("server_ignored", peer=peer.key, address=str(peer.endpoint), server_trust="devices",
+                    client_trust="open", reason="the server speaks TLS and serves only paired devices (trust "
+                    "mode devices) and this client runs --trust open; run the client without --trust open "
+                    "and pair the two")
+
+    def _route_policy_usable(self, peer: Peer) -> bool:
+        return self._vetting.usable(peer) if self._vetting is not None else True

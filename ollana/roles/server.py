@@ -14,13 +14,15 @@ from aiohttp import web
 from ollana import __version__
 from ollana.config import Role
 from ollana.discovery.net import Interface
-from ollana.discovery.packet import Goodbye, Heartbeat, Packet, Probe
+from ollana.discovery.packet import TRUST_DEVICES, TRUST_OPEN, Goodbye, Heartbeat, Packet, Probe
 from ollana.discovery.service import Discovery
-from ollana.httpserver import listening
+from ollana.httpserver import Listener, listening
+from ollana.identity import id_to_bytes
 from ollana.proxy.answers import error, json_response
 from ollana.proxy.forward import Target
 from ollana.proxy.handler import ProxyHandler
 from ollana.proxy.headers import is_from_ollana
+from ollana.roles.gate import Gate
 from ollana.runtime import Ready, Runtime
 
 log = structlog.get_logger(__name__)
@@ -93,6 +95,10 @@ class ServerNode:
         self._listen = cfg.listen_for(Role.SERVER)
         self._announcing = False
         self._last_probe_answer = -1e9
+        self._gate: Gate | None = None
+        self._listener: Listener | None = None
+        devices = rt.devices
+        self._device_id = id_to_bytes(devices.device_id) if devices is not None else None
 
     async def run(self, shutdown: asyncio.Event, ready: Callable[[Ready], None]) -> None:
         cfg = self._rt.config
@@ -100,11 +106,17 @@ class ServerNode:
             self._rt.session, self._route, self._status,
             connect_timeout=cfg.timings.connect_timeout, replay_limit=0,
         )
+        served: Callable[[web.BaseRequest], Any] = handler
+        if self._rt.devices is not None:
+            self._gate = Gate(self._rt.devices, handler, self._rt.node.hostname)
+            served = self._gate
         await self._health.check()
         log.info("ollama_checked", upstream=cfg.ollama_url, up=self._health.up, version=self._health.version or None)
         busy = f"another program (perhaps another ollana) uses port {self._listen.port}; choose another with --listen"
-        async with listening(handler, self._listen, grace=cfg.timings.grace, busy_hint=busy) as bound:
-            self._listen = bound
+        tls = self._gate.tls.context if self._gate is not None else None
+        async with listening(served, self._listen, grace=cfg.timings.grace, busy_hint=busy, ssl_context=tls) as listener:
+            self._listener = listener
+            bound = self._listen = listener.endpoint
             if cfg.discovery:
                 self._discovery = Discovery(
                     port=cfg.discovery_port, group=cfg.discovery_group, interface_names=cfg.interfaces,
@@ -112,17 +124,36 @@ class ServerNode:
                 )
                 await self._discovery.start()
             try:
-                log.info("serving", role="server", listen=str(bound), upstream=cfg.ollama_url)
-                ready(Ready(Role.SERVER, bound, self._rt.node.node_id.hex()))
+                log.info("serving", role="server", listen=str(bound), upstream=cfg.ollama_url,
+                         trust=cfg.trust.value, scheme=self._scheme)
+                me = self._rt.devices.identity if self._rt.devices is not None else None
+                ready(Ready(
+                    Role.SERVER, bound, self._rt.node.node_id.hex(), self._scheme,
+                    cert_file=str(me.cert_path) if me else None, key_file=str(me.key_path) if me else None,
+                ))
                 async with asyncio.TaskGroup() as tg:
-                    loop_task = tg.create_task(self._announce_loop())
+                    tasks = [tg.create_task(self._announce_loop())]
+                    if self._rt.devices is not None:
+                        tasks.append(tg.create_task(self._rt.devices.watch(cfg.timings.trust_poll, self._trust_tick)))
                     await shutdown.wait()
-                    loop_task.cancel()
+                    for task in tasks:
+                        task.cancel()
                 self._say_goodbye()
             finally:
                 if self._discovery is not None:
                     self._discovery.close()
             log.info("stopped", role="server", grace_s=cfg.timings.grace)
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self._rt.devices is not None else "http"
+
+    # -- trust -----------------------------------------------------------------------------
+
+    def _trust_tick(self, allowed_changed: bool) -> None:
+        # Pending clients (from hellos) become trust anchors at the next tick, not per hello.
+        if self._gate is not None:
+            self._gate.refresh(self._listener, allowed_changed=allowed_changed)
 
     # -- discovery -------------------------------------------------------------------------
 
@@ -134,11 +165,13 @@ class ServerNode:
             seq=self._discovery.next_seq(),
             proxy_port=self._listen.port,
             interval_ms=int(self._rt.config.timings.heartbeat_interval * 1000),
-            scheme="http",
+            scheme=self._scheme,
             hostname=self._rt.node.hostname[:255],
             ollama_version=self._health.version[:255],
             ollana_version=__version__,
             address=iface.address,
+            trust=TRUST_OPEN if self._device_id is None else TRUST_DEVICES,
+            device_id=self._device_id,
         )
 
     def _say_goodbye(self) -> None:

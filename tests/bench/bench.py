@@ -125,7 +125,7 @@ class Bench:
             f"small requests: GET /api/version, hey -c {p.concurrency} for {p.seconds:g} s, "
             f"then up to {p.seq_count} sequential requests"
         )
-        up, ng, srv, cli, quiet = (free_port() for _ in range(5))
+        up, ng, srv, cli, quiet, srv_tls, cli_tls = (free_port() for _ in range(7))
         self.procs.nginx("nginx-static-upstream", up)
         self._record("nginx-static-upstream")
         topologies: list[tuple[str, int]] = [("direct", up)]
@@ -147,6 +147,8 @@ class Bench:
                 self._record("ollana-client")
                 self.results["idle_rss_mib"]["client"] = rss_kib(client.pid)[0] / 1024
                 topologies.append(("ollana chain", cli))
+        if self.attempt("start TLS chain", lambda: self.tls_chain(srv_tls, cli_tls, up)):
+            topologies.append(("ollana chain, TLS", cli_tls))
         if self.attempt(
             "start quiet ollana server",
             lambda: self.procs.ollana_server("ollana-server-quiet", quiet, up, QUIET_LOG),
@@ -209,6 +211,19 @@ class Bench:
             }
         for proc in list(self.procs.procs):  # free the cores for what follows
             self.procs.stop(proc)
+
+    def tls_chain(self, srv: int, cli: int, up: int) -> bool:
+        """The full chain in trust mode devices: a paired client and server, mutual TLS between
+        them (the client's own port stays plain HTTP on loopback, where Ollama apps connect)."""
+        server = self.procs.ollana_server("ollana-server-tls", srv, up, {}, trust="devices")
+        client = self.procs.ollana_client(
+            "ollana-client-tls", cli, srv, {}, trust="devices", wait=False
+        )
+        self.procs.pair(server, client)
+        self.procs.wait_client_healthy(client, cli)
+        self._record("ollana-server-tls")
+        self._record("ollana-client-tls")
+        return True
 
     # -- streaming and upload, against the fake Ollama -------------------------------------------
 

@@ -151,10 +151,18 @@ class Procs:
         self.wait_until(proc, f"GET {url}", lambda: http_get(url)[0] in (200, 502))
         return proc
 
+    def state_dir(self, name: str) -> Path:
+        return self.workdir / f"{name}-state"
+
     def ollana(
-        self, name: str, args: Sequence[str], port: int, env_extra: Mapping[str, str]
+        self,
+        name: str,
+        args: Sequence[str],
+        port: int,
+        env_extra: Mapping[str, str],
+        trust: str = "open",
     ) -> Proc:
-        state = self.workdir / f"{name}-state"
+        state = self.state_dir(name)
         state.mkdir()
         argv = [
             sys.executable,
@@ -162,6 +170,8 @@ class Procs:
             "ollana",
             "serve",
             *args,
+            "--trust",
+            trust,
             "--no-discovery",
             "--listen",
             f"{HOST}:{port}",
@@ -175,29 +185,52 @@ class Procs:
         return self.start(name, argv, env)
 
     def ollana_server(
-        self, name: str, port: int, upstream_port: int, env_extra: Mapping[str, str]
+        self,
+        name: str,
+        port: int,
+        upstream_port: int,
+        env_extra: Mapping[str, str],
+        trust: str = "open",
     ) -> Proc:
         proc = self.ollana(
             name,
             ["--mode", "server", "--ollama", f"http://{HOST}:{upstream_port}"],
             port,
             env_extra,
+            trust,
         )
-        status = f"http://{HOST}:{port}/ollana/v1/status"
+        scheme = "https" if trust == "devices" else "http"
+        status = f"{scheme}://{HOST}:{port}/ollana/v1/status"
+        state = self.state_dir(name)
 
         def healthy() -> bool:
-            code, body, _ = http_get(status)
-            return code == 200 and bool(json.loads(body).get("upstream", {}).get("healthy"))
+            if trust == "devices":  # TLS, paired devices only: ask with the node's own key
+                body = own_status(port, state)
+            else:
+                code, raw, _ = http_get(status)
+                body = json.loads(raw) if code == 200 else {}
+            return bool(body.get("upstream", {}).get("healthy"))
 
         self.wait_until(proc, f"{status} to report a healthy upstream", healthy)
         return proc
 
     def ollana_client(
-        self, name: str, port: int, peer_port: int, env_extra: Mapping[str, str]
+        self,
+        name: str,
+        port: int,
+        peer_port: int,
+        env_extra: Mapping[str, str],
+        trust: str = "open",
+        wait: bool = True,
     ) -> Proc:
         proc = self.ollana(
-            name, ["--mode", "client", "--peer", f"{HOST}:{peer_port}"], port, env_extra
+            name, ["--mode", "client", "--peer", f"{HOST}:{peer_port}"], port, env_extra, trust
         )
+        if wait:
+            self.wait_client_healthy(proc, port)
+        return proc
+
+    def wait_client_healthy(self, proc: Proc, port: int) -> None:
         status = f"http://{HOST}:{port}/ollana/v1/status"
 
         def healthy() -> bool:
@@ -206,7 +239,23 @@ class Procs:
             return any(p.get("healthy") and p.get("rtt_ms") is not None for p in peers)
 
         self.wait_until(proc, f"{status} to report a healthy peer", healthy)
-        return proc
+
+    def pair(self, server: Proc, client: Proc) -> None:
+        """Pair a TLS client and server the way a user does: `ollana device pending` shows each
+        to the other (the client met the server's certificate and said hello), then `allow`."""
+        sdir, cdir = self.state_dir(server.name), self.state_dir(client.name)
+
+        def short_id(state: Path) -> str:
+            return device_cli(state, "show", "--json")["short"]
+
+        def pending(state: Path) -> list[str]:
+            return [d["device_id"][:7] for d in device_cli(state, "pending", "--json")]
+
+        sid, cid = short_id(sdir), short_id(cdir)
+        self.wait_until(client, "the server in the client's pending devices", lambda: sid in pending(cdir))
+        self.wait_until(server, "the client in the server's pending devices", lambda: cid in pending(sdir))
+        device_cli(cdir, "allow", sid)
+        device_cli(sdir, "allow", cid)
 
     def fake_ollama(self, name: str, port: int, args: Sequence[str] = ()) -> Proc:
         argv = [
@@ -228,6 +277,27 @@ class Procs:
         url = f"http://{HOST}:{port}/api/version"
         self.wait_until(proc, f"GET {url}", lambda: http_get(url)[0] == 200)
         return proc
+
+
+def device_cli(state: Path, *args: str) -> Any:
+    """`ollana device ARGS --state-dir STATE`; its JSON output when asked with --json."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ollana", "device", *args, "--state-dir", str(state)],
+        capture_output=True, text=True, timeout=30, cwd=REPO, check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"ollana device {' '.join(args)}: {done.stderr.strip()}")
+    return json.loads(done.stdout) if "--json" in args else done.stdout
+
+
+def own_status(port: int, state: Path) -> dict[str, Any]:
+    """GET /ollana/v1/status of a TLS server (trust mode devices) with its own key, as
+    `ollana status` does. Loopback only."""
+    from ollana import control
+    from ollana.config import Endpoint
+
+    tls = control.own_tls({"cert_file": state / "device.crt", "key_file": state / "device.key"})
+    return control.fetch_status(Endpoint(HOST, port), tls)
 
 
 def render_nginx_conf(role: str, *, prefix: Path, port: int, upstream_port: int | None) -> str:

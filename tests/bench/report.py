@@ -29,6 +29,7 @@ class Target:
 
 
 THROUGHPUT_RATIO: Final = Target(">= 0.3", at_least=0.3)
+TLS_RATIO: Final = Target(">= 0.8", at_least=0.8)
 ADDED_P50_PER_HOP: Final = Target("<= 0.5 ms", at_most=0.5)
 ADDED_PER_CHUNK_CHAIN: Final = Target("< 5 ms", at_most=5.0, strict=True)
 RSS_GROWTH: Final = Target("< 50 MiB", at_most=50.0, strict=True)
@@ -95,6 +96,39 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
             "throughput ollana chain / nginx 1 hop",
             _div(rps("ollana chain"), rps("nginx 1 hop")),
             "x",
+        )
+    )
+    out.append(
+        _figure(
+            "throughput ollana chain, TLS / ollana chain (open)",
+            _div(rps("ollana chain, TLS"), rps("ollana chain")),
+            "x",
+            TLS_RATIO,
+            "trust mode devices vs open, hey -c 16 with keep-alive",
+        )
+    )
+    out.append(
+        _figure(
+            "p50 ollana chain (open) / ollana chain, TLS, hey -c 16",
+            _div(hey50("ollana chain"), hey50("ollana chain, TLS")),
+            "x",
+            note="latency as a ratio >= 1 is better: open p50 over TLS p50",
+        )
+    )
+    out.append(
+        _figure(
+            "seq p50 ollana chain (open) / ollana chain, TLS",
+            _div(seq50("ollana chain"), seq50("ollana chain, TLS")),
+            "x",
+            TLS_RATIO,
+            "one keep-alive connection, one request at a time",
+        )
+    )
+    out.append(
+        _figure(
+            "added p50 by TLS (chain TLS - chain open), sequential",
+            _sub(seq50("ollana chain, TLS"), seq50("ollana chain")),
+            "ms",
         )
     )
     out.append(

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ollana import app
-from ollana.config import Config, Endpoint, Mode, Timings
+from ollana.config import Config, Endpoint, Mode, Timings, Trust
 from ollana.runtime import Ready
 
 FAST = Timings(heartbeat_interval=0.2, detect_timeout=0.5, connect_timeout=1.0, no_peer_grace=0.3,
@@ -24,6 +24,8 @@ def config(mode: Mode, **kw: object) -> Config:
         discovery=False,
         state_dir=Path(tempfile.mkdtemp(prefix="ollana-test-")),
         timings=FAST,
+        # The proxy tests are about forwarding; trust mode devices has its own (test_devices.py).
+        trust=Trust.OPEN,
     )
     return replace(base, **kw)  # type: ignore[arg-type]
 
@@ -48,7 +50,7 @@ async def running(cfg: Config) -> AsyncIterator[Ready]:
 
 
 def url(ready: Ready) -> str:
-    return f"http://{ready.listen}"
+    return f"{ready.scheme}://{ready.listen}"
 
 
 @asynccontextmanager

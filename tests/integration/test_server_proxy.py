@@ -236,3 +236,24 @@ async def test_status_and_unknown_own_endpoint(proxied: tuple[FakeOllama, str, s
         assert st["upstream"]["version"] == "0.33.0" and st["uptime_s"] >= 0
         async with s.get(proxy + "/ollana/v1/nope") as r:
             assert r.status == 404 and "error" in await r.json()
+
+
+async def test_server_mode_starts_before_ollama_and_picks_it_up() -> None:
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    async with server_for(f"http://127.0.0.1:{port}") as proxy, aiohttp.ClientSession() as s:
+        async with s.get(proxy + "/api/tags") as r:
+            assert r.status == 503  # boot order: Ollama is not up yet
+        fake = FakeOllama()
+        async with fake.serve("127.0.0.1", port):
+            deadline = time.monotonic() + 3
+            while True:  # the health check runs every heartbeat interval (0.2 s here)
+                async with s.get(proxy + "/ollana/v1/status") as r:
+                    if (await r.json())["upstream"]["healthy"]:
+                        break
+                assert time.monotonic() < deadline, "the server never noticed Ollama"
+                await asyncio.sleep(0.05)
+            async with s.get(proxy + "/api/tags") as r:
+                assert r.status == 200

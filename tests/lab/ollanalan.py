@@ -38,14 +38,18 @@ def start_fake(host: Host, *args: str, port: int = 11434) -> subprocess.Popen[by
     return proc
 
 
-def ollana_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ollana", "serve", "--heartbeat-interval", str(INTERVAL), *args]
+def ollana_argv(*args: str, trust: str = "open") -> list[str]:
+    """`ollana serve` for the lab. Trust mode open unless asked: the discovery and failover tests
+    are about the LAN; tests/lab/test_trust.py (and the official-client suite) pair devices."""
+    return [sys.executable, "-m", "ollana", "serve", "--heartbeat-interval", str(INTERVAL), "--trust", trust, *args]
 
 
-def start_ollana(host: Host, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> subprocess.Popen[bytes]:
+def start_ollana(
+    host: Host, *args: str, env: dict[str, str] | None = None, wait: bool = True, trust: str = "open"
+) -> subprocess.Popen[bytes]:
     full_env = {"OLLANA_LOG": "debug", "OLLANA_HOME": str(host.dir / "state")}
     full_env.update(env or {})
-    proc = host.popen(ollana_argv("--log-format", "json", *args), env=full_env, log_name=f"ollana-{host.name}")
+    proc = host.popen(ollana_argv("--log-format", "json", *args, trust=trust), env=full_env, log_name=f"ollana-{host.name}")
     if wait:
         host.wait_for_line(proc, r'"event": "serving"', timeout=15)
     return proc
@@ -109,16 +113,60 @@ class Lan:
     client: Node
 
 
-def build(lab: Lab, servers: int = 2, *, start_client: bool = True) -> Lan:
+def build(lab: Lab, servers: int = 2, *, start_client: bool = True, trust: str = "open") -> Lan:
     nodes = []
     for i in range(servers):
         host = lab.add_host(f"s{i + 1}")
         node = Node(host)
         node.fake = start_fake(host)
-        node.proc = start_ollana(host)
+        node.proc = start_ollana(host, trust=trust)
         nodes.append(node)
     chost = lab.add_host("c")
     client = Node(chost)
     if start_client:
-        client.proc = start_ollana(chost)
+        client.proc = start_ollana(chost, trust=trust)
     return Lan(lab, nodes, client)
+
+
+# -- pairing (trust mode devices), with the real commands ----------------------------------------
+
+
+def device(host: Host, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`ollana device ARGS` on a host, with the state dir its ollana uses."""
+    return host.run([sys.executable, "-m", "ollana", "device", *args], check=check,
+                    env={"OLLANA_HOME": str(host.dir / "state")})
+
+
+def device_json(host: Host, *args: str) -> Any:
+    return json.loads(device(host, *args, "--json").stdout)
+
+
+def device_id(host: Host) -> str:
+    return str(device_json(host, "show")["device_id"])
+
+
+def wait_pending(host: Host, device: str, timeout: float = 10) -> dict[str, Any]:
+    """Wait until ``device`` (a full ID) shows in the host's `ollana device pending`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [p for p in device_json(host, "pending") if p["device_id"] == device]
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{host.name}: {device} never showed in `ollana device pending`")
+        time.sleep(0.1)
+
+
+def pair(lan: Lan) -> float:
+    """Pair the client with every server: `pending` then `allow` on each side, by short ID.
+    Returns when (time.time()) the last `allow` returned."""
+    client_id = device_id(lan.client.host)
+    done = time.time()
+    for server in lan.servers:
+        server_id = device_id(server.host)
+        wait_pending(lan.client.host, server_id)
+        wait_pending(server.host, client_id)
+        device(lan.client.host, "allow", server_id[:7])
+        device(server.host, "allow", client_id[:7])
+        done = time.time()
+    return done

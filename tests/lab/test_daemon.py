@@ -219,7 +219,9 @@ def test_sigterm_lets_an_open_stream_finish_within_the_grace_period(lab: Lab, fi
     fake = a.popen([sys.executable, "-m", "tests.fakeollama", "--host", "127.0.0.1", "--port", "11434",
                     "--chunk-delay", str(chunk_delay), "--tokens", str(tokens)], log_name="fakeollama")
     a.wait_for_line(fake, r"fakeollama listening on")
-    started = serve_d(a, files, "--mode", "server", "--listen", "127.0.0.1:11435", "--grace", str(grace))
+    # Trust mode open: the streamer below speaks plain HTTP to the server proxy.
+    started = serve_d(a, files, "--mode", "server", "--trust", "open", "--listen", "127.0.0.1:11435",
+                      "--grace", str(grace))
     assert started.returncode == 0, started.stderr
     pid = int(files.pid.read_text())
     status = ollana(a, "status", "--pid-file", str(files.pid))

@@ -18,6 +18,7 @@ from tests.lab.ollanalan import (
     event_time,
     build,
     clientops,
+    pair,
     ollana_argv,
     start_fake,
     start_ollana,
@@ -28,8 +29,10 @@ pytestmark = pytest.mark.lab
 
 
 def test_official_client_full_api_through_the_lan(lab: Lab) -> None:
-    lan = build(lab, servers=2)
-    clientops(lan.client.host, "wait-peers", "--count", "2", "--healthy", "--timeout", "10")
+    # In the default trust mode, devices: mutual TLS between paired nodes.
+    lan = build(lab, servers=2, trust="devices")
+    pair(lan)
+    assert clientops(lan.client.host, "wait-peers", "--count", "2", "--healthy", "--timeout", "10")["ok"]
     out = clientops(lan.client.host, "suite", timeout=120)
     assert out["list"], out
     assert out["generate_chunks"] > 1 and out["generate_text"]
@@ -44,8 +47,8 @@ def test_official_client_full_api_through_the_lan(lab: Lab) -> None:
     assert out["sse_events"] > 2
     # The blob upload and the create that used it landed on the same server.
     st = status(lan.client.host)
-    assert st["role"] == "client" and len(st["peers"]) == 2
-    assert all(p["source"] == "multicast" for p in st["peers"])
+    assert st["role"] == "client" and len(st["peers"]) == 2 and st["trust"] == "devices"
+    assert all(p["source"] == "multicast" and p["scheme"] == "https" and p["paired"] for p in st["peers"])
 
 
 def test_client_started_after_servers_answers_within_2s(lab: Lab, figure: Callable[..., None]) -> None:

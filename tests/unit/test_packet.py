@@ -13,12 +13,14 @@ from ollana.discovery.packet import (
     Heartbeat,
     PacketError,
     Probe,
+    Tag,
     decode,
     encode,
 )
 
 NODE = bytes(range(16))
 INST = bytes(range(8))
+DEVICE = bytes(range(100, 132))
 
 
 def heartbeat(**kw: object) -> Heartbeat:
@@ -37,6 +39,8 @@ def heartbeat(**kw: object) -> Heartbeat:
         heartbeat(),
         heartbeat(hostname="ünïcødé-hôst", address=None, scheme="https"),
         heartbeat(address="fd77::2", seq=0xFFFFFFFF),
+        heartbeat(scheme="https", trust="devices", device_id=DEVICE),
+        heartbeat(trust="open", device_id=DEVICE),
         Goodbye(NODE, INST, 1),
         Probe(NODE, INST, 2),
     ],
@@ -109,5 +113,77 @@ def test_garbage_never_raises_anything_but_packet_error() -> None:
             data = bytes(buf[: rng.randrange(len(buf) + 1)])
         try:
             decode(data)
+        except PacketError:
+            pass
+
+
+def test_trust_fields_on_the_wire() -> None:
+    data = encode(heartbeat(scheme="https", trust="devices", device_id=DEVICE))
+    assert TLV.pack(Tag.TRUST, 1) + b"\x01" in data
+    assert TLV.pack(Tag.DEVICE_ID, 32) + DEVICE in data
+    assert TLV.pack(Tag.TRUST, 1) + b"\x00" in encode(heartbeat())
+
+
+def _strip(data: bytes, tags: set[int]) -> bytes:
+    """The packet without the given TLV fields (as an older sender would have sent it)."""
+    out, pos = bytearray(data[: HEADER.size]), HEADER.size
+    while pos < len(data):
+        tag, length = TLV.unpack_from(data, pos)
+        end = pos + TLV.size + length
+        if tag not in tags:
+            out += data[pos:end]
+        pos = end
+    return bytes(out)
+
+
+def test_heartbeat_of_an_older_sender_means_open() -> None:
+    old = _strip(encode(heartbeat()), {Tag.TRUST, Tag.DEVICE_ID})
+    got = decode(old)
+    assert isinstance(got, Heartbeat) and got.trust == "open" and got.device_id is None
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        heartbeat(trust="devices", device_id=None, scheme="https"),
+        heartbeat(trust="devices", device_id=DEVICE, scheme="http"),
+        heartbeat(trust="paranoid"),
+        heartbeat(device_id=b"short"),
+    ],
+)
+def test_inconsistent_trust_fields_are_refused_when_encoding(packet: Heartbeat) -> None:
+    with pytest.raises(PacketError):
+        encode(packet)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        # devices mode without a device ID: nobody could check the server's certificate
+        lambda d: _strip(d, {Tag.DEVICE_ID}),
+        # an unknown trust mode: refused rather than guessed
+        lambda d: d.replace(TLV.pack(Tag.TRUST, 1) + b"\x01", TLV.pack(Tag.TRUST, 1) + b"\x07"),
+        lambda d: d.replace(TLV.pack(Tag.TRUST, 1) + b"\x01", TLV.pack(Tag.TRUST, 2) + b"\x01\x01"),
+        lambda d: d.replace(TLV.pack(Tag.DEVICE_ID, 32) + DEVICE, TLV.pack(Tag.DEVICE_ID, 31) + DEVICE[:31]),
+        # devices mode over plain http
+        lambda d: d.replace(TLV.pack(Tag.SCHEME, 5) + b"https", TLV.pack(Tag.SCHEME, 4) + b"http"),
+    ],
+)
+def test_bad_trust_fields_are_dropped(mutate: object) -> None:
+    data = encode(heartbeat(scheme="https", trust="devices", device_id=DEVICE))
+    with pytest.raises(PacketError) as info:
+        decode(mutate(data))  # type: ignore[operator]
+    assert info.value.reason == "bad_field"
+
+
+def test_garbage_around_trust_fields_never_raises_anything_else() -> None:
+    rng = random.Random(99)
+    valid = encode(heartbeat(scheme="https", trust="devices", device_id=DEVICE))
+    for _ in range(3000):
+        buf = bytearray(valid)
+        for _ in range(rng.randrange(1, 4)):
+            buf[rng.randrange(len(buf))] = rng.randrange(256)
+        try:
+            decode(bytes(buf))
         except PacketError:
             pass

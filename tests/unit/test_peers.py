@@ -93,3 +93,18 @@ def test_static_peers_never_expire_and_inflight_never_negative() -> None:
     k = "static:192.0.2.1:11435"
     t.end(k)
     assert t.get(k).inflight == 0  # type: ignore[union-attr]
+
+
+def test_trust_mode_and_checked_device_id_are_kept_and_shown() -> None:
+    t = PeerTable()
+    beat = Heartbeat(bytes([1]) * 16, bytes([1]) * 8, 1, 11435, 1000, scheme="https",
+                     trust="devices", device_id=bytes(32))
+    t.observe(beat, "10.0.0.1", 0.0, device_id="A" * 52)
+    peer = t.get(key(1))
+    assert peer is not None and peer.url == "https://10.0.0.1:11435"
+    assert peer.status(0.0)["trust"] == "devices" and peer.status(0.0)["device_id"] == "A" * 52
+    # A new identity (reset on the server) replaces the old one once checked.
+    t.observe(beat, "10.0.0.1", 1.0, device_id="B" * 52)
+    assert peer.device_id == "B" * 52
+    static = t.add_static(Endpoint("10.0.0.9", 11435), 0.0, scheme="https", trust="devices")
+    assert static is not None and static.peer.url == "https://10.0.0.9:11435" and static.peer.device_id is None
