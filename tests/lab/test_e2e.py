@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 import signal
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import pytest
 
 from tests.lab.netns import Lab
 from tests.lab.ollanalan import (
     INTERVAL,
+    Lan,
     Watcher,
-    event_time,
     build,
     clientops,
-    pair,
+    event_time,
     ollana_argv,
+    pair,
     start_fake,
     start_ollana,
     status,
@@ -51,26 +52,49 @@ def test_official_client_full_api_through_the_lan(lab: Lab) -> None:
     assert all(p["source"] == "multicast" and p["scheme"] == "https" and p["paired"] for p in st["peers"])
 
 
-def test_client_started_after_servers_answers_within_2s(lab: Lab, figure: Callable[..., None]) -> None:
-    lan = build(lab, servers=1, start_client=False)
-    env_argv = ["env", f"OLLANA_HOME={lan.client.host.dir / 'state'}", *ollana_argv()]
+def _paired_then_stopped(lab: Lab, *, stop_client: bool) -> Lan:
+    """Trust mode devices: pair a client with one server, then stop one of them (pairings stay)."""
+    lan = build(lab, servers=1, trust="devices")
+    pair(lan)
+    assert clientops(lan.client.host, "wait-peers", "--count", "1", "--healthy", "--timeout", "10")["ok"]
+    node = lan.client if stop_client else lan.servers[0]
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGTERM)
+    node.proc.wait(15)
+    if not stop_client:
+        assert clientops(lan.client.host, "wait-peers", "--count", "0", "--timeout", "5")["ok"]
+    return lan
+
+
+@pytest.mark.parametrize("trust", ["open", "devices"])
+def test_client_started_after_servers_answers_within_2s(lab: Lab, figure: Callable[..., None], trust: str) -> None:
+    if trust == "open":
+        lan = build(lab, servers=1, start_client=False)
+    else:
+        lan = _paired_then_stopped(lab, stop_client=True)
+    env_argv = ["env", f"OLLANA_HOME={lan.client.host.dir / 'state'}", *ollana_argv(trust=trust)]
     out = clientops(lan.client.host, "start-and-wait", "--timeout", "10", "--", *env_argv)
     assert out["ok"], out
-    figure("client start (python start-up included) to first proxied answer", out["elapsed"])
+    figure(f"[{trust}] client start (python start-up included) to first proxied answer", out["elapsed"])
     assert out["elapsed"] < 2.0, out
 
 
-def test_server_started_after_client_is_usable_within_1s(lab: Lab, figure: Callable[..., None]) -> None:
-    lan = build(lab, servers=0)
-    host = lab.add_host("s1")
-    start_fake(host)
+@pytest.mark.parametrize("trust", ["open", "devices"])
+def test_server_started_after_client_is_usable_within_1s(lab: Lab, figure: Callable[..., None], trust: str) -> None:
+    if trust == "open":
+        lan = build(lab, servers=0)
+        host = lab.add_host("s1")
+        start_fake(host)
+    else:
+        lan = _paired_then_stopped(lab, stop_client=False)
+        host = lan.servers[0].host
     watch = Watcher(lan.client.host, "wait-ok", "--timeout", "15")
-    proc = start_ollana(host, wait=False)
+    proc = start_ollana(host, wait=False, trust=trust)
     line = host.wait_for_line(proc, r'^.*"event": "serving".*$', timeout=15).group(0)
     ready_at = datetime.fromisoformat(json.loads(line)["timestamp"].replace("Z", "+00:00")).timestamp()
     out = watch.result()
     assert out["ok"], out
-    figure("server ready to usable by a running client", out["at"] - ready_at)
+    figure(f"[{trust}] server ready to usable by a running client", out["at"] - ready_at)
     assert out["at"] - ready_at < 1.0, out["at"] - ready_at
 
 
