@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from ollana.config import Config
 from ollana.discovery import net
 from ollana.discovery.packet import Packet, PacketError, decode, encode
 from ollana.errors import StartupError
@@ -61,6 +62,19 @@ class Discovery:
     @property
     def interfaces(self) -> list[net.Interface]:
         return list(self._interfaces)
+
+    @classmethod
+    async def started(cls, config: Config, instance_id: bytes, clock: Callable[[], float], on_packet: OnPacket) -> Discovery | None:
+        """The running discovery endpoint a node's config asks for, or None with --no-discovery."""
+        if not config.discovery:
+            return None
+        disc = cls(
+            port=config.discovery_port, group=config.discovery_group, interface_names=config.interfaces,
+            instance_id=instance_id, clock=clock, on_packet=on_packet,
+        )
+        await disc.start()
+        return disc
+
 
     def next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
@@ -139,3 +153,8 @@ class Discovery:
         if packet.instance_id == self._instance_id:
             return  # our own packet, looped back
         self._on_packet(packet, source, now)
+
+
+def interfaces_status(disc: Discovery | None) -> list[dict[str, str]]:
+    """The interfaces discovery runs on, for a status document."""
+    return [{"name": i.name, "address": i.address} for i in (disc.interfaces if disc is not None else [])]

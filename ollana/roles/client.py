@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ollana.config import Role, Trust
 from ollana.discovery.packet import TRUST_DEVICES, Goodbye, Heartbeat, Packet, Probe
-from ollana.discovery.service import Discovery
+from ollana.discovery.service import Discovery, interfaces_status
 from ollana.errors import UpstreamUnavailable
 from ollana.httpserver import listening
 from ollana.identity import id_from_bytes
@@ -179,12 +179,9 @@ class ClientNode:
         )
         async with listening(handler, self._listen, grace=cfg.timings.grace, busy_hint=busy) as listener:
             bound = self._listen = listener.endpoint
-            if cfg.discovery:
-                self._discovery = Discovery(
-                    port=cfg.discovery_port, group=cfg.discovery_group, interface_names=cfg.interfaces,
-                    instance_id=self._rt.node.instance_id, clock=self._rt.clock, on_packet=self._on_packet,
-                )
-                await self._discovery.start()
+            self._discovery = await Discovery.started(
+                cfg, self._rt.node.instance_id, self._rt.clock, self._on_packet
+            )
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg  # checks of heartbeats run in it: the probe goes out once it exists
@@ -364,9 +361,7 @@ class ClientNode:
         body["current_peer"] = self._table.current
         usable = self._route_policy_usable
         body["peers"] = [{**p.status(now), "paired": usable(p)} for p in self._table]
-        body["interfaces"] = [
-            {"name": i.name, "address": i.address} for i in (self._discovery.interfaces if self._discovery else [])
-        ]
+        body["interfaces"] = interfaces_status(self._discovery)
         return json_response(200, body)
 
     async def _after_failed_check(self, vetting: ServerVetting, peer: Peer, exc: BaseException) -> None:

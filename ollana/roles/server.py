@@ -15,7 +15,7 @@ from ollana import __version__
 from ollana.config import Role
 from ollana.discovery.net import Interface
 from ollana.discovery.packet import TRUST_DEVICES, TRUST_OPEN, Goodbye, Heartbeat, Packet, Probe
-from ollana.discovery.service import Discovery
+from ollana.discovery.service import Discovery, interfaces_status
 from ollana.httpserver import Listener, listening
 from ollana.identity import id_to_bytes
 from ollana.proxy.answers import error, json_response
@@ -117,12 +117,9 @@ class ServerNode:
         async with listening(served, self._listen, grace=cfg.timings.grace, busy_hint=busy, ssl_context=tls) as listener:
             self._listener = listener
             bound = self._listen = listener.endpoint
-            if cfg.discovery:
-                self._discovery = Discovery(
-                    port=cfg.discovery_port, group=cfg.discovery_group, interface_names=cfg.interfaces,
-                    instance_id=self._rt.node.instance_id, clock=self._rt.clock, on_packet=self._on_packet,
-                )
-                await self._discovery.start()
+            self._discovery = await Discovery.started(
+                cfg, self._rt.node.instance_id, self._rt.clock, self._on_packet
+            )
             try:
                 log.info("serving", role="server", listen=str(bound), upstream=cfg.ollama_url,
                          trust=cfg.trust.value, scheme=self._scheme)
@@ -231,8 +228,6 @@ class ServerNode:
             "error": self._health.last_error or None,
         }
         body["announcing"] = self._announcing
-        body["interfaces"] = [
-            {"name": i.name, "address": i.address} for i in (self._discovery.interfaces if self._discovery else [])
-        ]
+        body["interfaces"] = interfaces_status(self._discovery)
         return json_response(200, body)
 
