@@ -110,7 +110,7 @@ def fetch_status(endpoint: Endpoint, tls: ssl.SSLContext | None = None) -> dict[
         raise OSError(f"HTTP {resp.status}: {_error_of(body)}")
     data = json.loads(body)
     if not isinstance(data, dict):
-        raise ValueError("not a JSON object")  # noqa: TRY004 (bad data, reported as such)
+        raise ValueError("not a JSON object")
     return data
 
 

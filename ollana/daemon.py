@@ -208,7 +208,7 @@ class _Reporter:
 
 def start(config: Config, paths: Paths, levels: LogLevels, run_node: RunNode) -> int:
     """``serve -d``: start the daemon; return the exit code once it serves or has failed."""
-    import daemon as python_daemon  # type: ignore[import-untyped]  # noqa: F401  (fail here, on the terminal, if missing)
+    import daemon as python_daemon  # noqa: F401  (fail here, on the terminal, if missing)
 
     config, paths = absolute(config, paths)
     sys.stdout.flush()

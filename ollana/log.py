@@ -82,7 +82,7 @@ class _Sink:
     without building a LogRecord per event: a per-request log line must stay cheap.
     """
 
-    __slots__ = ("name", "std", "_handler")
+    __slots__ = ("_handler", "name", "std")
 
     def __init__(self, name: str, handler: logging.Handler) -> None:
         self.name = name
