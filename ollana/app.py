@@ -56,8 +56,10 @@ async def run(
     shutdown: asyncio.Event,
     ready: Callable[[Ready], None] = lambda _r: None,
     clock: Callable[[], float] = time.monotonic,
+    reload: asyncio.Event | None = None,
 ) -> None:
-    """Run one node until ``shutdown`` is set. Raises StartupError if it cannot start, ConfigError
+    """Run one node until ``shutdown`` is set; setting ``reload`` (SIGHUP) re-reads the allow list
+    at once instead of at the next poll. Raises StartupError if it cannot start, ConfigError
     if its state (identity, trust store) is unusable."""
     hostname = Node.local_hostname()
     node_id = load_node_id(config.state_dir)
@@ -78,6 +80,7 @@ async def run(
             hostname=hostname,
             started=clock(),
         )
-        rt = Runtime(config=config, node=node, session=session, clock=clock, devices=devices)
+        rt = Runtime(config=config, node=node, session=session, clock=clock, devices=devices,
+                     reload=reload or asyncio.Event())
         runner = ServerNode(rt) if role is Role.SERVER else ClientNode(rt)
         await runner.run(shutdown, ready)

@@ -168,16 +168,22 @@ def run_node(
     config: Config, on_ready: Callable[[Ready], None], on_hangup: Callable[[], None] = lambda: None
 ) -> None:
     """Run the node until SIGTERM/SIGINT (graceful); SIGHUP calls ``on_hangup`` (reopen logs,
-    reload levels). Raises ConfigError or StartupError when it cannot start."""
+    reload levels) and makes the node re-read its allow list at once. Raises ConfigError or
+    StartupError when it cannot start."""
     from ollana import app
 
     async def main() -> None:
-        shutdown = asyncio.Event()
+        shutdown, reload = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, shutdown.set)
-        loop.add_signal_handler(signal.SIGHUP, on_hangup)
-        await app.run(config, shutdown, on_ready)
+
+        def hangup() -> None:
+            on_hangup()
+            reload.set()
+
+        loop.add_signal_handler(signal.SIGHUP, hangup)
+        await app.run(config, shutdown, on_ready, reload=reload)
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(main())

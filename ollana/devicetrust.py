@@ -8,6 +8,7 @@ stat per poll) and reacts to changes of the allowed set within one period. Both 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,11 +58,16 @@ class DeviceTrust:
         self.store.flush(self.wall())
         return self.store.reload_if_changed()
 
-    async def watch(self, period: float, on_tick: Callable[[bool], None]) -> None:
-        """Poll every ``period`` seconds, forever; ``on_tick(changed)`` after each poll, where
-        ``changed`` says whether the allowed set changed."""
+    async def watch(self, period: float, on_tick: Callable[[bool], None], wake: asyncio.Event | None = None) -> None:
+        """Poll every ``period`` seconds (or at once when ``wake`` is set: SIGHUP), forever;
+        ``on_tick(changed)`` after each poll, where ``changed`` says whether the allowed set changed."""
+        wake = wake or asyncio.Event()
         while True:
-            await asyncio.sleep(period)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), period)
+            if wake.is_set():
+                wake.clear()
+                log.info("trust_reload_requested")
             changed = self.poll()
             if changed:
                 log.info(

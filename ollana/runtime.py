@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -54,6 +55,8 @@ class Runtime:
     clock: Callable[[], float] = time.monotonic
     # Trust mode devices: identity and allow list (None in trust mode open).
     devices: DeviceTrust | None = None
+    # Set (by SIGHUP) to re-read what can be reloaded now rather than at the next poll.
+    reload: asyncio.Event = field(default_factory=asyncio.Event)
 
     def base_status(self, role: Role, listen: Endpoint) -> dict[str, Any]:
         return {

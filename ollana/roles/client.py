@@ -187,7 +187,7 @@ class ClientNode:
                     self._tg = tg  # checks of heartbeats run in it: the probe goes out once it exists
                     tasks = [tg.create_task(self._expire_loop()), tg.create_task(self._health_loop())]
                     if self._rt.devices is not None:
-                        tasks.append(tg.create_task(self._rt.devices.watch(cfg.timings.trust_poll, self._trust_tick)))
+                        tasks.append(tg.create_task(self._rt.devices.watch(cfg.timings.trust_poll, self._trust_tick, self._rt.reload)))
                     self._probe()
                     log.info("serving", role="client", listen=str(bound), trust=cfg.trust.value)
                     ready(Ready(Role.CLIENT, bound, self._rt.node.node_id.hex()))

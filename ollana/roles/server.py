@@ -131,7 +131,7 @@ class ServerNode:
                 async with asyncio.TaskGroup() as tg:
                     tasks = [tg.create_task(self._announce_loop())]
                     if self._rt.devices is not None:
-                        tasks.append(tg.create_task(self._rt.devices.watch(cfg.timings.trust_poll, self._trust_tick)))
+                        tasks.append(tg.create_task(self._rt.devices.watch(cfg.timings.trust_poll, self._trust_tick, self._rt.reload)))
                     await shutdown.wait()
                     for task in tasks:
                         task.cancel()
