@@ -144,6 +144,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (exited, waiting for an init that may never reap it, as
+    in a namespace) counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _namespace_pids(ip: str, ns: str) -> list[int]:
     proc = subprocess.run(
         [ip, "netns", "pids", ns], capture_output=True, text=True, stdin=subprocess.DEVNULL

@@ -20,7 +20,7 @@ from typing import Final, TypeVar
 
 import pytest
 
-from tests.lab.netns import Host, Lab
+from tests.lab.netns import Host, Lab, running
 
 pytestmark = pytest.mark.lab
 
@@ -97,12 +97,6 @@ def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 10.0) 
         delay = min(delay * 1.5, 0.1)
 
 
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture
@@ -134,7 +128,7 @@ def test_serve_d_detaches_reports_status_and_stops(lab: Lab, files: Files) -> No
     stopped = ollana(a, "stop", "--pid-file", str(files.pid))
     assert stopped.returncode == 0, stopped.stderr
     assert f"stopped (pid {pid}" in stopped.stdout
-    assert not alive(pid)
+    assert not running(pid)
     assert not files.pid.exists()
 
     after = ollana(a, "status", "--pid-file", str(files.pid))
@@ -162,7 +156,7 @@ def test_second_start_is_refused_and_stale_pid_file_replaced(lab: Lab, files: Fi
     assert second.returncode == 1
     assert f"already running (pid {pid}" in second.stderr
     assert int(files.pid.read_text()) == pid
-    assert alive(pid)
+    assert running(pid)
     assert ollana(a, "stop", "--pid-file", str(files.pid)).returncode == 0
 
 
@@ -209,7 +203,7 @@ def test_sighup_reopens_a_moved_log_file_and_reloads_levels(lab: Lab, files: Fil
     assert ollana(a, "status", "--pid-file", str(files.pid)).returncode == 0
     wait_until("a debug request line", lambda: [e for e in files.events() if e["event"] == "request"])
     assert "request" not in [e["event"] for e in files.events(rotated)]
-    assert alive(pid)
+    assert running(pid)
     assert ollana(a, "stop", "--pid-file", str(files.pid)).returncode == 0
 
 
@@ -245,7 +239,7 @@ def test_sigterm_lets_an_open_stream_finish_within_the_grace_period(lab: Lab, fi
     assert float(lines[-1][0]) > sigterm_at + chunk_delay
     assert stop_took < grace
     assert stop_took >= float(lines[-1][0]) - sigterm_at - 0.1
-    assert not alive(pid)
+    assert not running(pid)
     events = [e["event"] for e in files.events()]
     # Goodbye first (clients stop choosing it), then the drain, then exit.
     assert events.index("goodbye_sent") < events.index("stopped") < events.index("daemon_exiting")

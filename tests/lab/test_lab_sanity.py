@@ -6,12 +6,11 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 from typing import Final
 
 import pytest
 
-from tests.lab.netns import Host, Lab, cleanup_stale_namespaces
+from tests.lab.netns import Host, Lab, cleanup_stale_namespaces, running
 
 pytestmark = pytest.mark.lab
 
@@ -124,13 +123,6 @@ def root_links() -> set[str]:
     return {":".join(line.split(":")[0:2]).replace(" ", "") for line in out.stdout.splitlines()}
 
 
-def alive(pid: int) -> bool:
-    # A zombie waiting for an init that never reaps it counts as dead.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_hosts_reach_each_other_over_tcp(lab: Lab) -> None:
@@ -230,7 +222,7 @@ def test_close_kills_processes_and_removes_namespaces(_lab_ready: None) -> None:
         lab.close()
     assert proc.returncode is not None
     assert not any(ns.startswith(prefix) for ns in netns_names())
-    assert not alive(grandchild)
+    assert not running(grandchild)
     lab.close()  # idempotent
 
 

@@ -15,19 +15,13 @@ from typing import Final
 
 import pytest
 
-from tests.lab.netns import REPO_ROOT, Host, Lab
+from tests.lab.netns import REPO_ROOT, Host, Lab, running
 
 PACKAGING: Final = REPO_ROOT / "packaging"
 SYSV: Final = PACKAGING / "sysv" / "ollana"
 OLLANA_BIN: Final = Path(sys.executable).parent / "ollana"
 
 
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.lab
@@ -58,7 +52,7 @@ def test_sysv_script_start_status_restart_reload_stop(lab: Lab, tmp_path: Path) 
     started = init("start")
     assert started.returncode == 0, started.stdout + started.stderr
     pid = int(pid_file.read_text())
-    assert alive(pid)
+    assert running(pid)
     a.wait_tcp(11434, timeout=5)
     assert oct(pid_file.parent.stat().st_mode & 0o777) == oct(0o755)
 
@@ -75,8 +69,8 @@ def test_sysv_script_start_status_restart_reload_stop(lab: Lab, tmp_path: Path) 
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     new_pid = int(pid_file.read_text())
     assert new_pid != pid
-    assert not alive(pid)
-    assert alive(new_pid)
+    assert not running(pid)
+    assert running(new_pid)
 
     rotated = log_file.with_name("serve.log.1")
     log_file.rename(rotated)
@@ -89,7 +83,7 @@ def test_sysv_script_start_status_restart_reload_stop(lab: Lab, tmp_path: Path) 
 
     stopped = init("stop")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    assert not alive(new_pid)
+    assert not running(new_pid)
     assert init("status").returncode == 3
     assert init("stop").returncode == 0  # LSB: stopping a stopped service succeeds
     assert init("reload").returncode != 0
