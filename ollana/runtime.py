@@ -80,6 +80,6 @@ def upstream_session(connect_timeout: float) -> aiohttp.ClientSession:
         skip_auto_headers=_NO_AUTO_HEADERS,
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=None),
+        timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=None),
         trust_env=False,
     )

@@ -102,7 +102,9 @@ async def open_upstream(
     Raises ``UpstreamUnavailable`` when no response came (connection refused, reset or timed
     out before any response byte). No read timeout on purpose: a model may load for minutes.
     """
-    timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout, sock_read=None)
+    # ``connect`` bounds TCP and TLS set-up together (the pool is unbounded, so nothing else
+    # waits there): a peer that accepts but never completes a handshake must not hang a request.
+    timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=None)
     try:
         return await session.request(
             request.method,

@@ -257,3 +257,28 @@ async def test_server_mode_starts_before_ollama_and_picks_it_up() -> None:
                 await asyncio.sleep(0.05)
             async with s.get(proxy + "/api/tags") as r:
                 assert r.status == 200
+
+
+async def test_a_peer_that_never_completes_tls_does_not_hang_a_request() -> None:
+    import ssl
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from ollana.errors import UpstreamUnavailable
+    from ollana.proxy.forward import BodySource, Target, open_upstream
+
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, says nothing
+    port = silent.sockets[0].getsockname()[1]
+    ctx = ssl.create_default_context()
+    target = Target("silent", f"https://127.0.0.1:{port}", f"127.0.0.1:{port}", tls=ctx)
+    request = make_mocked_request("GET", "/api/tags")
+    body = BodySource(request, 0)
+    await body.prepare()
+    try:
+        async with aiohttp.ClientSession() as s:
+            t0 = time.perf_counter()
+            with pytest.raises(UpstreamUnavailable):
+                await open_upstream(s, request, target, body, connect_timeout=0.5)
+            assert time.perf_counter() - t0 < 3
+    finally:
+        silent.close()
