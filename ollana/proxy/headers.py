@@ -27,16 +27,20 @@ VIA_TOKEN: Final = "ollana"
 VIA_VALUE: Final = f"1.1 {VIA_TOKEN}"
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
-    tokens: set[str] = set()
-    for value in headers.getall("Connection", ()):
-        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return tokens
+# What each direction drops besides hop-by-hop fields: computed once, this runs per request.
+_REQUEST_DROP: Final = HOP_BY_HOP | {"host"}
+_RESPONSE_DROP: Final = HOP_BY_HOP | {"content-length"}
 
 
-def _strip(headers: CIMultiDictProxy[str] | CIMultiDict[str], extra: frozenset[str]) -> CIMultiDict[str]:
-    drop = HOP_BY_HOP | extra | _connection_tokens(headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+def _strip(headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: frozenset[str]) -> CIMultiDict[str]:
+    named = headers.getall("Connection", ())
+    if named:  # fields the sender declared hop-by-hop (RFC 9110 §7.6.1)
+        drop = drop | {t.strip().lower() for value in named for t in value.split(",") if t.strip()}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    return out
 
 
 def request_headers(incoming: CIMultiDictProxy[str], upstream_host: str) -> CIMultiDict[str]:
@@ -45,14 +49,14 @@ def request_headers(incoming: CIMultiDictProxy[str], upstream_host: str) -> CIMu
     Host is rewritten to the upstream's, because Ollama bound to loopback rejects any other
     Host with 403 (its allowed-hosts check). Content-Length stays: the body is streamed as-is.
     """
-    out = _strip(incoming, frozenset({"host"}))
+    out = _strip(incoming, _REQUEST_DROP)
     out["Host"] = upstream_host
     return out
 
 
 def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Headers for the client's response. Content-Length is set by the caller from the body."""
-    out = _strip(upstream, frozenset({"content-length"}))
+    out = _strip(upstream, _RESPONSE_DROP)
     add_via(out)
     return out
 
