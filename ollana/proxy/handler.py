@@ -60,6 +60,9 @@ class ProxyHandler:
         self._own = own
         self._connect_timeout = connect_timeout
         self._replay_limit = replay_limit
+        # Bound once for the node's life (logging is configured by then): the per-request line
+        # then skips re-binding a logger on every request.
+        self._log = log.bind()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -84,11 +87,11 @@ class ProxyHandler:
                 "ms": round((time.perf_counter() - started) * 1000, 2),
             }
             if broken:
-                log.warning("request", broken=broken, **fields)
+                self._log.warning("request", broken=broken, **fields)
             elif target_key == "-" and status == 200:
-                log.debug("request", **fields)  # ollana's own endpoints: health checks are frequent
+                self._log.debug("request", **fields)  # ollana's own endpoints: health checks are frequent
             else:
-                log.info("request", **fields)
+                self._log.info("request", **fields)
 
     async def _forward(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str, int, str | None]:
         targets = await self._route.targets()
