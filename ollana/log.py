@@ -7,9 +7,11 @@ directive such as ``info,ollana.discovery=debug,aiohttp=warn`` maps one-to-one o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import logging.handlers
 import sys
+import time
 from dataclasses import dataclass
 from typing import IO, Final
 
@@ -75,6 +77,51 @@ def _level_name(level: int) -> str:
     return names.get(level, str(level))
 
 
+class _Output:
+    """Where ollana's own log lines go: the installed stdlib handler's stream.
+
+    Lines written while an event loop runs are flushed once at the end of the loop's current
+    pass (one system call for all the lines of a busy moment, no visible delay); without a loop,
+    at once. A log file that logrotate moved is noticed within a second (and at once on SIGHUP).
+    """
+
+    REOPEN_CHECK: Final = 1.0
+
+    def __init__(self, handler: logging.Handler) -> None:
+        self.handler = handler
+        self._flush_scheduled = False
+        self._next_reopen_check = 0.0
+
+    def write(self, line: str) -> None:
+        h = self.handler
+        h.acquire()
+        try:
+            if isinstance(h, logging.handlers.WatchedFileHandler):
+                now = time.monotonic()
+                if now >= self._next_reopen_check:
+                    self._next_reopen_check = now + self.REOPEN_CHECK
+                    h.reopenIfNeeded()
+            stream = getattr(h, "stream", None)
+            if stream is None:
+                return
+            stream.write(line + "\n")
+        finally:
+            h.release()
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        self.handler.flush()
+
+
 class _Sink:
     """structlog's output for ollana's own loggers: renders nothing, writes a finished line.
 
@@ -82,25 +129,15 @@ class _Sink:
     without building a LogRecord per event: a per-request log line must stay cheap.
     """
 
-    __slots__ = ("_handler", "name", "std")
+    __slots__ = ("_out", "name", "std")
 
-    def __init__(self, name: str, handler: logging.Handler) -> None:
+    def __init__(self, name: str, out: _Output) -> None:
         self.name = name
         self.std = logging.getLogger(name)
-        self._handler = handler
+        self._out = out
 
     def write(self, line: str) -> None:
-        h = self._handler
-        h.acquire()
-        try:
-            if isinstance(h, logging.handlers.WatchedFileHandler):
-                h.reopenIfNeeded()
-            stream = getattr(h, "stream", None)
-            if stream is not None:
-                stream.write(line + "\n")
-                stream.flush()
-        finally:
-            h.release()
+        self._out.write(line)
 
     debug = info = warning = warn = error = critical = exception = msg = log = write
 
@@ -165,6 +202,7 @@ def configure(
     root.addHandler(handler)
     apply_levels(spec)
 
+    output = _Output(handler)
     structlog.configure(
         processors=[
             _filter_by_target,
@@ -172,7 +210,7 @@ def configure(
             structlog.processors.format_exc_info,
             renderer,
         ],
-        logger_factory=lambda name=None, *_a: _Sink(str(name or "ollana"), handler),
+        logger_factory=lambda name=None, *_a: _Sink(str(name or "ollana"), output),
         wrapper_class=structlog.BoundLogger,
         # Not cached: a logger first used before configure() (or reconfigured in tests and after
         # daemonising) must follow the current configuration.
