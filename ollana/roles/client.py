@@ -270,6 +270,8 @@ class ClientNode:
             try:
                 if await vetting.check(source, hb.proxy_port, device_id, hb.hostname):
                     self._apply(self._table.observe(hb, source, self._rt.clock(), device_id))
+            except Exception:  # whatever a remote host sends, the node must go on
+                log.exception("server_check_crashed", address=f"{source}:{hb.proxy_port}")
             finally:
                 self._checks.pop(where, None)
 
@@ -307,7 +309,10 @@ class ClientNode:
             self._check_now.clear()
             peers = list(self._table)
             if peers:
-                await asyncio.gather(*(self._check(p, timeout) for p in peers))
+                results = await asyncio.gather(*(self._check(p, timeout) for p in peers), return_exceptions=True)
+                for peer, result in zip(peers, results, strict=True):
+                    if isinstance(result, Exception):  # a peer's answers must never stop the checks
+                        log.error("peer_check_crashed", peer=peer.key, error=repr(result))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._check_now.wait(), self._rt.config.timings.health_interval)
 
