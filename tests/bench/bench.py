@@ -39,6 +39,7 @@ from tests.bench.procs import (
     BenchError,
     Procs,
     RssSampler,
+    cpu_seconds,
     free_port,
     http_get,
     rss_kib,
@@ -157,11 +158,15 @@ class Bench:
             topologies.append(("ollana 1 hop, OLLANA_LOG=warn", quiet))
         hey: dict[str, list[load.HeyResult]] = {name: [] for name, _ in topologies}
         seq: dict[str, list[float]] = {name: [] for name, _ in topologies}
+        # CPU the ollana processes spend per proxied request: steadier than req/s on a busy box.
+        cpu: dict[str, float] = {name: 0.0 for name, _ in topologies}
+        ollanas = [proc.pid for proc in self.procs.procs if proc.name.startswith("ollana")]
         broken: set[str] = set()
         for _round in range(p.rounds):
             for name, port in topologies:
                 if name in broken:
                     continue
+                before = sum(cpu_seconds(pid) for pid in ollanas)
                 got = self.attempt(
                     f"small requests, {name}",
                     functools.partial(
@@ -176,6 +181,7 @@ class Bench:
                     broken.add(name)
                 else:
                     hey[name].append(got)
+                    cpu[name] += sum(cpu_seconds(pid) for pid in ollanas) - before
         for _round in range(p.rounds):
             for name, port in topologies:
                 if name in broken:
@@ -198,6 +204,9 @@ class Bench:
             if name in broken:
                 continue
             h, q = load.combine_hey(hey[name]), asdict(load.seq_result(seq[name]))
+            requests = sum(r.requests for r in hey[name])
+            through_ollana = name.startswith("ollana")
+            h["ollana_cpu_us_per_request"] = cpu[name] / requests * 1e6 if requests and through_ollana else None
             self.results["small"][name] = {"hey": h, "seq": q}
             self.say(
                 f"  {name:30} {h['rps']:9.0f} req/s  p50 {h['p50_ms']:.2f} ms  p99 {h['p99_ms']:.2f} ms"

@@ -269,6 +269,7 @@ def markdown(doc: dict[str, Any]) -> str:
                     "seq p50 ms",
                     "seq p99 ms",
                     "seq req/s",
+                    "ollana CPU µs/req",
                 ],
                 [
                     [
@@ -279,6 +280,7 @@ def markdown(doc: dict[str, Any]) -> str:
                         _num(r["seq"]["p50_ms"], 3),
                         _num(r["seq"]["p99_ms"], 3),
                         _num(1000 / r["seq"]["mean_ms"], 0),
+                        _num(r["hey"].get("ollana_cpu_us_per_request"), 0),
                     ]
                     for name, r in small.items()
                 ],
