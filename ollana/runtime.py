@@ -72,6 +72,13 @@ class Runtime:
         }
 
 
+def upstream_timeout(connect_timeout: float) -> aiohttp.ClientTimeout:
+    """No total or read timeout (a model may load for minutes before its first byte); a bound on
+    setting up a connection, TCP and TLS together (the pool is unbounded, so nothing else waits
+    there): a peer that accepts but never completes a handshake cannot hang a request."""
+    return aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=None)
+
+
 def upstream_session(connect_timeout: float) -> aiohttp.ClientSession:
     """The one pooled client session of a node's lifetime (keep-alive connections are reused)."""
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0, ttl_dns_cache=10)
@@ -80,6 +87,6 @@ def upstream_session(connect_timeout: float) -> aiohttp.ClientSession:
         skip_auto_headers=_NO_AUTO_HEADERS,
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=None),
+        timeout=upstream_timeout(connect_timeout),
         trust_env=False,
     )

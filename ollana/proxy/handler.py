@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from ollana.errors import UpstreamUnavailable
-from ollana.proxy.answers import NOT_FORWARDED, error
+from ollana.proxy.answers import NOT_FORWARDED, error, json_response
 from ollana.proxy.forward import BodySource, Target, open_upstream, refuse_non_origin_form, relay
+from ollana.runtime import upstream_timeout
 
 log = structlog.get_logger(__name__)
 
 OWN_PREFIX = "/ollana/"
+STATUS_PATH = "/ollana/v1/status"
 
 
 class Route(Protocol):
@@ -42,7 +44,8 @@ class Route(Protocol):
         """The answer when no target could be reached."""
 
 
-OwnHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# The role's status document (GET/HEAD /ollana/v1/status).
+StatusDocument = Callable[[], dict[str, Any]]
 
 
 class ProxyHandler:
@@ -50,15 +53,15 @@ class ProxyHandler:
         self,
         session: aiohttp.ClientSession,
         route: Route,
-        own: OwnHandler,
+        status: StatusDocument,
         *,
         connect_timeout: float,
         replay_limit: int,
     ) -> None:
         self._session = session
         self._route = route
-        self._own = own
-        self._connect_timeout = connect_timeout
+        self._status = status
+        self._timeout = upstream_timeout(connect_timeout)  # built once, not per request
         self._replay_limit = replay_limit
         # Bound once for the node's life (logging is configured by then): the per-request line
         # then skips re-binding a logger on every request.
@@ -72,7 +75,7 @@ class ProxyHandler:
             if refusal is not None:
                 response: web.StreamResponse = error(request, *refusal)
             elif request.path.startswith(OWN_PREFIX):
-                response = await self._own(request)
+                response = self._own(request)
             else:
                 response, target_key, sent, broken = await self._forward(request)
             status = response.status
@@ -92,6 +95,14 @@ class ProxyHandler:
                 self._log.debug("request", **fields)  # ollana's own endpoints: health checks are frequent
             else:
                 self._log.info("request", **fields)
+
+    def _own(self, request: web.BaseRequest) -> web.Response:
+        """ollana's own endpoints, answered here and never forwarded."""
+        if request.path.rstrip("/") != STATUS_PATH:
+            return error(request, 404, f"no such ollana endpoint: {request.path}")
+        if request.method not in ("GET", "HEAD"):
+            return error(request, 405, "method not allowed")
+        return json_response(200, self._status())
 
     async def _forward(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str, int, str | None]:
         targets = await self._route.targets()
@@ -114,7 +125,7 @@ class ProxyHandler:
             try:
                 try:
                     upstream = await open_upstream(
-                        self._session, request, target, body, connect_timeout=self._connect_timeout
+                        self._session, request, target, body, timeout=self._timeout
                     )
                 except UpstreamUnavailable as exc:
                     self._route.failed(target, str(exc))

@@ -21,7 +21,7 @@ from ollana.errors import UpstreamUnavailable
 from ollana.httpserver import listening
 from ollana.identity import id_from_bytes
 from ollana.peers import Change, ChangeKind, Peer, PeerTable, Source
-from ollana.proxy.answers import error, json_response
+from ollana.proxy.answers import error
 from ollana.proxy.forward import Target
 from ollana.proxy.handler import ProxyHandler
 from ollana.proxy.headers import is_from_ollana
@@ -356,18 +356,14 @@ class ClientNode:
 
     # -- ollana's own endpoints -----------------------------------------------------------
 
-    async def _status(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.path.rstrip("/") != "/ollana/v1/status":
-            return error(request, 404, f"no such ollana endpoint: {request.path}")
-        if request.method not in ("GET", "HEAD"):
-            return error(request, 405, "method not allowed")
+    def _status(self) -> dict[str, Any]:
         now = self._rt.clock()
         body: dict[str, Any] = self._rt.base_status(Role.CLIENT, self._listen)
         body["current_peer"] = self._table.current
         usable = self._route_policy_usable
         body["peers"] = [{**p.status(now), "paired": usable(p)} for p in self._table]
         body["interfaces"] = interfaces_status(self._discovery)
-        return json_response(200, body)
+        return body
 
     async def _after_failed_check(self, vetting: ServerVetting, peer: Peer, exc: BaseException) -> None:
         if isinstance(exc, (aiohttp.ClientConnectorCertificateError, PeerIdentityMismatch)):

@@ -18,7 +18,7 @@ from ollana.discovery.packet import TRUST_DEVICES, TRUST_OPEN, Goodbye, Heartbea
 from ollana.discovery.service import Discovery, interfaces_status
 from ollana.httpserver import Listener, listening
 from ollana.identity import id_to_bytes
-from ollana.proxy.answers import error, json_response
+from ollana.proxy.answers import error
 from ollana.proxy.forward import Target
 from ollana.proxy.handler import ProxyHandler
 from ollana.proxy.headers import is_from_ollana
@@ -215,11 +215,7 @@ class ServerNode:
 
     # -- ollana's own endpoints -----------------------------------------------------------
 
-    async def _status(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.path.rstrip("/") != "/ollana/v1/status":
-            return error(request, 404, f"no such ollana endpoint: {request.path}")
-        if request.method not in ("GET", "HEAD"):
-            return error(request, 405, "method not allowed")
+    def _status(self) -> dict[str, Any]:
         body: dict[str, Any] = self._rt.base_status(Role.SERVER, self._listen)
         body["upstream"] = {
             "url": self._rt.config.ollama_url,
@@ -229,5 +225,5 @@ class ServerNode:
         }
         body["announcing"] = self._announcing
         body["interfaces"] = interfaces_status(self._discovery)
-        return json_response(200, body)
+        return body
 

@@ -78,14 +78,13 @@ async def test_server_whose_ollama_is_down_is_skipped(two_servers: list[tuple[Fa
 
 
 async def test_no_server_is_a_fast_json_503() -> None:
-    async with running(config(Mode.CLIENT)) as ready:
-        async with aiohttp.ClientSession() as s:
-            async with s.get(f"http://{ready.listen}/api/tags") as r:
-                assert r.status == 503
-                assert "no Ollama server found on the LAN" in (await r.json())["error"]
-            async with s.get(f"http://{ready.listen}/ollana/v1/status") as r:
-                st = await r.json()
-                assert st["role"] == "client" and st["peers"] == []
+    async with running(config(Mode.CLIENT)) as ready, aiohttp.ClientSession() as s:
+        async with s.get(f"http://{ready.listen}/api/tags") as r:
+            assert r.status == 503
+            assert "no Ollama server found on the LAN" in (await r.json())["error"]
+        async with s.get(f"http://{ready.listen}/ollana/v1/status") as r:
+            st = await r.json()
+            assert st["role"] == "client" and st["peers"] == []
 
 
 async def test_busy_port_is_a_clear_startup_error() -> None:

@@ -67,11 +67,10 @@ async def test_host_rewritten_hop_by_hop_dropped_rest_passes(proxied: tuple[Fake
         "X-Hop": "must-not-pass",
         "X-Custom": "kept",
     }
-    async with aiohttp.ClientSession() as s:
-        async with s.get(proxy + "/api/tags", headers=headers) as r:
-            assert r.status == 200
-            assert "ollana" in r.headers.get("Via", "")
-            await r.read()
+    async with aiohttp.ClientSession() as s, s.get(proxy + "/api/tags", headers=headers) as r:
+        assert r.status == 200
+        assert "ollana" in r.headers.get("Via", "")
+        await r.read()
     rec = f.requests[-1]
     assert rec.header("Host") == base.split("://")[1]
     assert rec.header("User-Agent") == headers["User-Agent"]
@@ -204,20 +203,19 @@ async def test_upstream_down_gives_json_error_fast() -> None:
     port = probe.sockets[0].getsockname()[1]
     probe.close()
     await probe.wait_closed()
-    async with server_for(f"http://127.0.0.1:{port}") as proxy:
-        async with aiohttp.ClientSession() as s:
-            t0 = time.perf_counter()
-            async with s.post(proxy + "/api/generate", json={}) as r:
-                body = await r.json()
-                assert r.status in (502, 503)
-                assert f"127.0.0.1:{port}" in body["error"]
-            async with s.post(proxy + "/v1/chat/completions", json={}) as r:
-                body = await r.json()
-                assert r.status in (502, 503) and "message" in body["error"]  # OpenAI's shape on /v1
-            assert time.perf_counter() - t0 < 2
-            async with s.get(proxy + "/ollana/v1/status") as r:
-                st = await r.json()
-                assert st["role"] == "server" and st["upstream"]["healthy"] is False
+    async with server_for(f"http://127.0.0.1:{port}") as proxy, aiohttp.ClientSession() as s:
+        t0 = time.perf_counter()
+        async with s.post(proxy + "/api/generate", json={}) as r:
+            body = await r.json()
+            assert r.status in (502, 503)
+            assert f"127.0.0.1:{port}" in body["error"]
+        async with s.post(proxy + "/v1/chat/completions", json={}) as r:
+            body = await r.json()
+            assert r.status in (502, 503) and "message" in body["error"]  # OpenAI's shape on /v1
+        assert time.perf_counter() - t0 < 2
+        async with s.get(proxy + "/ollana/v1/status") as r:
+            st = await r.json()
+            assert st["role"] == "server" and st["upstream"]["healthy"] is False
 
 
 async def test_role_detection_never_takes_an_ollana_for_an_ollama(proxied: tuple[FakeOllama, str, str]) -> None:
@@ -266,6 +264,7 @@ async def test_a_peer_that_never_completes_tls_does_not_hang_a_request() -> None
 
     from ollana.errors import UpstreamUnavailable
     from ollana.proxy.forward import BodySource, Target, open_upstream
+    from ollana.runtime import upstream_timeout
 
     silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, says nothing
     port = silent.sockets[0].getsockname()[1]
@@ -278,7 +277,7 @@ async def test_a_peer_that_never_completes_tls_does_not_hang_a_request() -> None
         async with aiohttp.ClientSession() as s:
             t0 = time.perf_counter()
             with pytest.raises(UpstreamUnavailable):
-                await open_upstream(s, request, target, body, connect_timeout=0.5)
+                await open_upstream(s, request, target, body, timeout=upstream_timeout(0.5))
             assert time.perf_counter() - t0 < 3
     finally:
         silent.close()
