@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from ollana.cli import main
+from ollana.cli.main import main
 
 main()

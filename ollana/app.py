@@ -12,12 +12,12 @@ import aiohttp
 import structlog
 
 from ollana.config import Config, Mode, Role, Trust
-from ollana.devicetrust import DeviceTrust
 from ollana.proxy.headers import is_from_ollana
 from ollana.roles.client import ClientNode
 from ollana.roles.server import ServerNode
 from ollana.runtime import Node, Ready, Runtime, upstream_session
 from ollana.state import load_node_id
+from ollana.trust.devices import DeviceTrust
 
 log = structlog.get_logger(__name__)
 

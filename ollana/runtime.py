@@ -15,7 +15,7 @@ from ollana import __version__
 from ollana.config import Config, Endpoint, Role
 
 if TYPE_CHECKING:
-    from ollana.devicetrust import DeviceTrust
+    from ollana.trust.devices import DeviceTrust
 
 # aiohttp adds these when absent; a transparent proxy must not invent headers the client never sent.
 _NO_AUTO_HEADERS = ("User-Agent", "Content-Type", "Accept", "Accept-Encoding")

@@ -16,19 +16,19 @@ from aiohttp import web
 
 from ollana.config import Role, Trust
 from ollana.discovery.packet import TRUST_DEVICES, Goodbye, Heartbeat, Packet, Probe
+from ollana.discovery.peers import Change, ChangeKind, Peer, PeerTable, Source
 from ollana.discovery.service import Discovery, interfaces_status
 from ollana.errors import UpstreamUnavailable
 from ollana.httpserver import listening
-from ollana.identity import id_from_bytes
-from ollana.peers import Change, ChangeKind, Peer, PeerTable, Source
 from ollana.proxy.answers import error
 from ollana.proxy.forward import Target
 from ollana.proxy.handler import ProxyHandler
 from ollana.proxy.headers import is_from_ollana
 from ollana.ratelimit import RateLimiter
-from ollana.roles.vetting import ServerVetting
 from ollana.runtime import Ready, Runtime
-from ollana.tlsconf import PeerIdentityMismatch, check_peer, fetch_peer_cert
+from ollana.trust.identity import id_from_bytes
+from ollana.trust.tls import PeerIdentityMismatch, check_peer, fetch_peer_cert
+from ollana.trust.vetting import ServerVetting
 
 log = structlog.get_logger(__name__)
 

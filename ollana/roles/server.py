@@ -17,13 +17,13 @@ from ollana.discovery.net import Interface
 from ollana.discovery.packet import TRUST_DEVICES, TRUST_OPEN, Goodbye, Heartbeat, Packet, Probe
 from ollana.discovery.service import Discovery, interfaces_status
 from ollana.httpserver import Listener, listening
-from ollana.identity import id_to_bytes
 from ollana.proxy.answers import error
 from ollana.proxy.forward import Target
 from ollana.proxy.handler import ProxyHandler
 from ollana.proxy.headers import is_from_ollana
-from ollana.roles.gate import Gate
 from ollana.runtime import Ready, Runtime
+from ollana.trust.gate import Gate
+from ollana.trust.identity import id_to_bytes
 
 log = structlog.get_logger(__name__)
 

@@ -293,8 +293,8 @@ def device_cli(state: Path, *args: str) -> Any:
 def own_status(port: int, state: Path) -> dict[str, Any]:
     """GET /ollana/v1/status of a TLS server (trust mode devices) with its own key, as
     `ollana status` does. Loopback only."""
-    from ollana import control
     from ollana.config import Endpoint
+    from ollana.service import control
 
     tls = control.own_tls({"cert_file": state / "device.crt", "key_file": state / "device.key"})
     return control.fetch_status(Endpoint(HOST, port), tls)

@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from ollana import identity
 from ollana.config import Trust
-from ollana.tlsconf import HELLO_PATH, client_context, encode_hello
-from ollana.trust import PeerKind, TrustStore
+from ollana.trust import identity
+from ollana.trust.store import PeerKind, TrustStore
+from ollana.trust.tls import HELLO_PATH, client_context, encode_hello
 from tests.fakeollama import FakeOllama
 from tests.integration.nodes import client_for, server_for
 

@@ -10,10 +10,10 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from ollana import identity
 from ollana.errors import UpstreamUnavailable
-from ollana.identity import Identity, device_id_of
-from ollana.tlsconf import (
+from ollana.trust import identity
+from ollana.trust.identity import Identity, device_id_of
+from ollana.trust.tls import (
     BadHello,
     PeerIdentityMismatch,
     ServerTLS,

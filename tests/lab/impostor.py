@@ -22,8 +22,8 @@ import struct
 import time
 from pathlib import Path
 
-from ollana import identity
 from ollana.discovery.packet import TRUST_DEVICES, Heartbeat, PacketError, decode, encode
+from ollana.trust import identity
 
 GROUP = "239.255.11.36"
 PORT = 11436

@@ -7,8 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from tests.lab.netns import Host, Lab

@@ -1,4 +1,4 @@
-"""The pure parts of ollana.daemon, ollana.pidfile and ollana.control: pid file locking, stale detection, stop/status decisions,
+"""The pure parts of ollana.service.daemon, ollana.service.pidfile and ollana.service.control: pid file locking, stale detection, stop/status decisions,
 default paths, log levels and the SIGHUP reload. No sockets; a few short-lived subprocesses."""
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from ollana import control, daemon, pidfile
 from ollana import log as logconf
 from ollana.config import Endpoint, Role
 from ollana.errors import ConfigError
 from ollana.runtime import Ready
+from ollana.service import control, daemon, pidfile
 
 # Holds a pid file the way a daemon does, prints "held", then waits for SIGTERM (or ignores it).
 HOLDER = textwrap.dedent("""\
     import signal, sys, time
     from pathlib import Path
-    from ollana.pidfile import PidFile
+    from ollana.service.pidfile import PidFile
     if sys.argv[2] == "ignore":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from ollana.devicetrust import DeviceTrust
+from ollana.trust.devices import DeviceTrust
 
 
 async def test_wake_rereads_the_allow_list_at_once(tmp_path: Path) -> None:

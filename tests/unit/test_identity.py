@@ -13,8 +13,9 @@ import pytest
 import structlog
 from click.testing import CliRunner
 
-from ollana import cli_device, identity
-from ollana.identity import IdentityError, InvalidDeviceId
+from ollana.cli import device as cli_device
+from ollana.trust import identity
+from ollana.trust.identity import IdentityError, InvalidDeviceId
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from ollana.config import Endpoint
 from ollana.discovery.packet import Goodbye, Heartbeat
-from ollana.peers import ChangeKind, PeerTable
+from ollana.discovery.peers import ChangeKind, PeerTable
 
 
 def hb(node: int, inst: int = 1, port: int = 11435, interval_ms: int = 1000) -> Heartbeat:

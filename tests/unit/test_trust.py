@@ -14,9 +14,10 @@ import pytest
 import structlog
 from click.testing import CliRunner
 
-from ollana import cli_device, identity
-from ollana.identity import InvalidDeviceId, device_id_of_pem, grouped
-from ollana.trust import (
+from ollana.cli import device as cli_device
+from ollana.trust import identity
+from ollana.trust.identity import InvalidDeviceId, device_id_of_pem, grouped
+from ollana.trust.store import (
     AmbiguousDeviceId,
     PeerKind,
     TrustStore,
@@ -325,7 +326,7 @@ def test_concurrent_processes_allowing_different_devices_all_survive(
 ) -> None:
     _seed_pending(tmp_path, devs)
     script = (
-        "import sys; from pathlib import Path; from ollana.trust import TrustStore\n"
+        "import sys; from pathlib import Path; from ollana.trust.store import TrustStore\n"
         "for d in sys.argv[2:]:\n"
         "    TrustStore.load(Path(sys.argv[1])).allow(d, now=1.0)\n"
     )

@@ -22,13 +22,13 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ollana.devicetrust import DeviceTrust
+from ollana.discovery.peers import Peer
 from ollana.errors import UpstreamUnavailable
-from ollana.identity import device_id_of, grouped, short
-from ollana.peers import Peer
 from ollana.ratelimit import RateLimiter
-from ollana.tlsconf import HELLO_PATH, client_context, encode_hello, fetch_peer_cert
-from ollana.trust import PeerKind
+from ollana.trust.devices import DeviceTrust
+from ollana.trust.identity import device_id_of, grouped, short
+from ollana.trust.store import PeerKind
+from ollana.trust.tls import HELLO_PATH, client_context, encode_hello, fetch_peer_cert
 
 log = structlog.get_logger(__name__)
 

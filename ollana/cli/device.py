@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 
 import click
 
-from ollana import identity
 from ollana import log as logconf
 from ollana.config import LogFormat, default_state_dir
 from ollana.errors import OllanaError
-from ollana.identity import grouped, short
-from ollana.trust import AllowedDevice, PendingDevice, TrustStore, sanitize_label
+from ollana.trust import identity
+from ollana.trust.identity import grouped, short
+from ollana.trust.store import AllowedDevice, PendingDevice, TrustStore, sanitize_label
 
 F = TypeVar("F", bound=Callable[..., Any])
 

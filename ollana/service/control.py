@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ollana.config import Endpoint
-from ollana.pidfile import Liveness, is_held, parse_pid, read_fd, read_pid_file, read_state
+from ollana.service.pidfile import Liveness, is_held, parse_pid, read_fd, read_pid_file, read_state
 
 # ``stop`` waits the daemon's grace period plus this margin for it to exit.
 STOP_MARGIN: Final = 5.0

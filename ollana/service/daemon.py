@@ -2,7 +2,7 @@
 
 ``serve -d`` forks once before any event loop exists. The parent stays on the terminal and
 waits on a pipe; the child enters python-daemon's ``DaemonContext`` (which forks twice more and
-calls ``setsid``), configures logging to the log file, takes the pid file (``ollana.pidfile``),
+calls ``setsid``), configures logging to the log file, takes the pid file (``ollana.service.pidfile``),
 runs the node, and reports back through the pipe: notices, then exactly one of "ready" or
 "error". So the parent exits 0 only once the daemon serves, and otherwise prints the daemon's own
 error.
@@ -32,7 +32,7 @@ import structlog
 from ollana import log as logconf
 from ollana.config import Config, LogFormat
 from ollana.errors import ConfigError, StartupError
-from ollana.pidfile import PidFile
+from ollana.service.pidfile import PidFile
 
 if TYPE_CHECKING:
     from ollana.runtime import Ready

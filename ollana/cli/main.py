@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 import structlog
 
-from ollana import __version__, control, daemon, pidfile
+from ollana import __version__
 from ollana import log as logconf
-from ollana.cli_device import device
+from ollana.cli.device import device
 from ollana.config import (
     DISCOVERY_DEFAULT_GROUP,
     DISCOVERY_DEFAULT_PORT,
@@ -30,6 +30,7 @@ from ollana.config import (
     parse_ollama_host,
 )
 from ollana.errors import ConfigError, StartupError
+from ollana.service import control, daemon, pidfile
 
 if TYPE_CHECKING:  # runtime imports aiohttp: keep `ollana status` and `stop` quick to start
     from ollana.runtime import Ready

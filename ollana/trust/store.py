@@ -23,7 +23,7 @@ from typing import Any, Final, TypeVar
 import structlog
 
 from ollana.errors import ConfigError
-from ollana.identity import ID_LEN, device_id_of_pem, grouped, parse_prefix, short
+from ollana.trust.identity import ID_LEN, device_id_of_pem, grouped, parse_prefix, short
 
 log = structlog.get_logger(__name__)
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import structlog
 
-from ollana import identity as ident
-from ollana.identity import Identity
-from ollana.trust import TrustStore
+from ollana.trust import identity as ident
+from ollana.trust.identity import Identity
+from ollana.trust.store import TrustStore
 
 log = structlog.get_logger(__name__)
 

@@ -15,12 +15,13 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from ollana.devicetrust import DeviceTrust
 from ollana.httpserver import Listener
-from ollana.identity import grouped, short
 from ollana.proxy.answers import error, json_response
 from ollana.ratelimit import RateLimiter
-from ollana.tlsconf import (
+from ollana.trust.devices import DeviceTrust
+from ollana.trust.identity import grouped, short
+from ollana.trust.store import PeerKind
+from ollana.trust.tls import (
     HELLO_PATH,
     MAX_HELLO_BYTES,
     BadHello,
@@ -28,7 +29,6 @@ from ollana.tlsconf import (
     parse_hello,
     peer_device_id,
 )
-from ollana.trust import PeerKind
 
 log = structlog.get_logger(__name__)
 
