@@ -33,8 +33,9 @@ HOLDER = textwrap.dedent("""\
     else:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     pf = PidFile.acquire(Path(sys.argv[1]))
-    print("held", flush=True)
     try:
+        # Said inside the try: a SIGTERM that comes right after "held" must still remove the file.
+        print("held", flush=True)
         while True:
             time.sleep(0.05)
     finally:
