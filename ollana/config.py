@@ -7,7 +7,6 @@ look at ``os.environ`` and tests build a ``Config`` directly.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,10 +57,6 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def url_host(self) -> str:
-        return f"[{self.host}]" if ":" in self.host else self.host
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,15 +183,6 @@ def parse_ollama_host(value: str | None) -> str:
     elif host == "::":
         host = "::1"
     return f"{scheme}://{Endpoint(host, port)}{path}"
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def default_state_dir(env: Mapping[str, str], *, is_root: bool) -> Path:

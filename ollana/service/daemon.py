@@ -22,7 +22,7 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, TypeAlias
@@ -112,34 +112,18 @@ def configure_logging(spec: logconf.LogSpec, fmt: LogFormat, log_file: Path | No
 
 
 class Reloader:
-    """What SIGHUP does: reopen the log file (after logrotate moved it) and reload log levels.
+    """What SIGHUP does: reopen the log file (after logrotate moved it) and reload log levels."""
 
-    ``also``: more reloads to run after those (e.g. the allow list); each is called with no
-    argument, and an exception in one is logged and does not stop the others.
-    """
-
-    def __init__(
-        self,
-        handler: logging.Handler | None,
-        levels: LogLevels,
-        applied: logconf.LogSpec,
-        also: Sequence[Callable[[], None]] = (),
-    ) -> None:
+    def __init__(self, handler: logging.Handler | None, levels: LogLevels, applied: logconf.LogSpec) -> None:
         self._handler = handler
         self._levels = levels
         self._applied = applied
-        self._also = tuple(also)
 
     def reload(self) -> None:
         if isinstance(self._handler, logging.handlers.WatchedFileHandler):
             reopen(self._handler)
             log.info("log_reopened", file=self._handler.baseFilename)
         self._reload_levels()
-        for hook in self._also:
-            try:
-                hook()
-            except Exception:  # a reload must never take the node down
-                log.exception("reload_failed", hook=getattr(hook, "__qualname__", repr(hook)))
 
     def _reload_levels(self) -> None:
         try:

@@ -256,8 +256,8 @@ def _paths(state_dir: Path) -> tuple[Path, Path]:
 
 def _load(state_dir: Path) -> Identity | None:
     key_path, cert_path = _paths(state_dir)
-    key_bytes = _read(key_path, other=cert_path)
-    cert_bytes = _read(cert_path, other=key_path)
+    key_bytes = _read(key_path)
+    cert_bytes = _read(cert_path)
     if key_bytes is None and cert_bytes is None:
         return None
     if key_bytes is None:
@@ -302,7 +302,7 @@ def _load(state_dir: Path) -> Identity | None:
     )
 
 
-def _read(path: Path, *, other: Path) -> bytes | None:
+def _read(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
     except FileNotFoundError:

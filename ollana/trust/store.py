@@ -148,17 +148,10 @@ class TrustStore:
         entry = self._allowed.get(device_id) if device_id else None
         return entry is not None and entry.enabled
 
-    def allowed_certs(self) -> list[str]:
-        """PEM certificates of the enabled devices: the trust anchors of the TLS contexts."""
-        return [d.cert_pem for d in self._allowed.values() if d.enabled]
-
     def cert_of(self, device_id: str) -> str | None:
         """The certificate of an enabled, allowed device; None otherwise."""
         entry = self._allowed.get(device_id)
         return entry.cert_pem if entry is not None and entry.enabled else None
-
-    def pending_of(self, device_id: str) -> PendingDevice | None:
-        return self._pending.get(device_id)
 
     def allowed(self) -> list[AllowedDevice]:
         return sorted(self._allowed.values(), key=lambda d: (d.name.lower(), d.device_id))
@@ -220,10 +213,6 @@ class TrustStore:
         return self._write_unsaved(now)
 
     # --- what the CLI does ---------------------------------------------------------------------
-
-    def resolve(self, text: str) -> str:
-        """The full ID of the allowed or pending device that ``text`` (ID or prefix) names."""
-        return resolve_prefix(text, [*self._allowed, *self._pending])
 
     def allow(self, id_or_prefix: str, name: str | None = None, *, now: float) -> AllowedDevice:
         """Allow a pending device (its certificate comes along) or re-enable an allowed one."""

@@ -51,9 +51,13 @@ def pend(store: TrustStore, dev: Dev, now: float = 100.0, kind: PeerKind = PeerK
     return store.record_pending(dev.id, dev.cert, dev.host, "10.0.0.9", kind, now)
 
 
+def enabled_certs(store: TrustStore) -> list[str]:
+    return [d.cert_pem for d in store.allowed() if d.enabled]
+
+
 def test_missing_file_is_an_empty_store_and_loading_writes_nothing(tmp_path: Path) -> None:
     store = TrustStore.load(tmp_path)
-    assert store.allowed() == [] and store.pending() == [] and store.allowed_certs() == []
+    assert store.allowed() == [] and store.pending() == [] and enabled_certs(store) == []
     assert not store.reload_if_changed()
     assert list(tmp_path.iterdir()) == []
 
@@ -75,7 +79,7 @@ def test_pending_then_allow_round_trips(tmp_path: Path, devs: list[Dev]) -> None
     again = TrustStore.load(tmp_path)
     assert again.pending() == [] and again.allowed() == [entry]
     assert again.is_allowed(a.id) and again.cert_of(a.id) == a.cert
-    assert again.allowed_certs() == [a.cert]
+    assert enabled_certs(again) == [a.cert]
     assert stat_mode(again.path) == 0o600
 
 
@@ -108,7 +112,7 @@ def test_disable_and_reenable(tmp_path: Path, devs: list[Dev]) -> None:
         store.allow(d.id, now=1.0)
     off = store.disable(devs[0].id[:10])
     assert not off.enabled and not store.is_allowed(devs[0].id)
-    assert store.allowed_certs() == [devs[1].cert] and store.cert_of(devs[0].id) is None
+    assert enabled_certs(store) == [devs[1].cert] and store.cert_of(devs[0].id) is None
     assert not TrustStore.load(tmp_path).is_allowed(devs[0].id)
     store.allow(devs[0].id, now=2.0)
     assert TrustStore.load(tmp_path).is_allowed(devs[0].id)
@@ -142,8 +146,8 @@ def test_store_resolve_covers_allowed_and_pending(tmp_path: Path, devs: list[Dev
     pend(store, devs[0])
     pend(store, devs[1])
     store.allow(devs[1].id, now=1.0)
-    assert store.resolve(devs[0].id[:7]) == devs[0].id
-    assert store.resolve(devs[1].id[:7]) == devs[1].id
+    assert store.allow(devs[0].id[:7], now=2.0).device_id == devs[0].id
+    assert store.allow(devs[1].id[:7], now=2.0).device_id == devs[1].id
 
 
 def test_a_corrupt_file_is_a_clear_error_not_an_empty_store(tmp_path: Path) -> None:
