@@ -17,8 +17,9 @@ from ollana import log as logconf
 from ollana.config import LogFormat, default_state_dir
 from ollana.errors import OllanaError
 from ollana.trust import identity
+from ollana.trust.document import AllowedDevice, PendingDevice, sanitize_label
 from ollana.trust.identity import grouped, short
-from ollana.trust.store import AllowedDevice, PendingDevice, TrustStore, sanitize_label
+from ollana.trust.store import TrustStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 

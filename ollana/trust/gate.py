@@ -19,8 +19,8 @@ from ollana.httpserver import Listener
 from ollana.proxy.answers import error, json_response
 from ollana.ratelimit import RateLimiter
 from ollana.trust.devices import DeviceTrust
+from ollana.trust.document import PeerKind
 from ollana.trust.identity import grouped, short
-from ollana.trust.store import PeerKind
 from ollana.trust.tls import (
     HELLO_PATH,
     MAX_HELLO_BYTES,

@@ -9,33 +9,38 @@ so a flood of connection attempts cannot turn into a flood of disk writes.
 
 from __future__ import annotations
 
-import enum
 import fcntl
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import structlog
 
 from ollana.errors import ConfigError
+from ollana.trust.document import (
+    Allowed,
+    AllowedDevice,
+    PeerKind,
+    Pending,
+    PendingDevice,
+    decode,
+    encode,
+    sanitize_label,
+)
 from ollana.trust.identity import ID_LEN, device_id_of_pem, grouped, parse_prefix, short
 
 log = structlog.get_logger(__name__)
 
 DEVICES_FILE: Final = "devices.json"
 LOCK_FILE: Final = "devices.json.lock"
-FORMAT_VERSION: Final = 1
 # A running node persists what it learns about one device at most this often...
 PERSIST_INTERVAL: Final = 5.0
 # ...and writes the file at most this often overall (the rest waits for ``flush``).
 MIN_WRITE_GAP: Final = 1.0
 MAX_PENDING: Final = 64
-MAX_LABEL: Final = 64
 # A sane file is a few kB per device; anything this big is not ours.
 MAX_FILE_BYTES: Final = 4 * 1024 * 1024
 
@@ -54,36 +59,8 @@ class AmbiguousDeviceId(ConfigError):
     """A prefix matches more than one device."""
 
 
-class PeerKind(enum.Enum):
-    CLIENT = "client"  # tried to connect to this server
-    SERVER = "server"  # discovered by this client
-
-
-@dataclass(frozen=True, slots=True)
-class AllowedDevice:
-    device_id: str
-    name: str
-    cert_pem: str
-    added_at: float
-    last_seen: float | None
-    enabled: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PendingDevice:
-    device_id: str
-    hostname: str
-    address: str
-    cert_pem: str
-    kind: PeerKind
-    first_seen: float
-    last_seen: float
-
-
 # (st_mtime_ns, st_ino, st_size) of devices.json; None when the file does not exist.
 _Signature = tuple[int, int, int] | None
-_Allowed = dict[str, AllowedDevice]
-_Pending = dict[str, PendingDevice]
 
 
 class TrustStore:
@@ -102,13 +79,13 @@ class TrustStore:
         self._persist_interval = persist_interval
         self._min_write_gap = min_write_gap
         self._max_pending = max_pending
-        self._allowed: _Allowed = {}
-        self._pending: _Pending = {}
+        self._allowed: Allowed = {}
+        self._pending: Pending = {}
         self._signature: _Signature = None
         self._allowed_changed = False
         # Learned but not yet written (throttled): re-applied over every reload.
         self._unsaved_seen: dict[str, float] = {}
-        self._unsaved_pending: _Pending = {}
+        self._unsaved_pending: Pending = {}
         self._persisted_at: dict[str, float] = {}
         self._last_write: float | None = None
         self._write_gap = min_write_gap  # longer after a failed write
@@ -217,7 +194,7 @@ class TrustStore:
     def allow(self, id_or_prefix: str, name: str | None = None, *, now: float) -> AllowedDevice:
         """Allow a pending device (its certificate comes along) or re-enable an allowed one."""
 
-        def change(allowed: _Allowed, pending: _Pending) -> AllowedDevice:
+        def change(allowed: Allowed, pending: Pending) -> AllowedDevice:
             device_id = resolve_prefix(id_or_prefix, [*allowed, *pending], hint=_PENDING_HINT)
             label = sanitize_label(name) if name and name.strip() else None
             if device_id in allowed:
@@ -241,7 +218,7 @@ class TrustStore:
     def disable(self, id_or_prefix: str) -> AllowedDevice:
         """Disable an allowed device: the node refuses it and closes its connections."""
 
-        def change(allowed: _Allowed, pending: _Pending) -> AllowedDevice:
+        def change(allowed: Allowed, pending: Pending) -> AllowedDevice:
             try:
                 device_id = resolve_prefix(id_or_prefix, allowed, hint="see `ollana device list`")
             except UnknownDevice:
@@ -286,7 +263,7 @@ class TrustStore:
             self._persisted_at[device_id] = now
         return True
 
-    def _mutate(self, change: Callable[[_Allowed, _Pending], T]) -> T:
+    def _mutate(self, change: Callable[[Allowed, Pending], T]) -> T:
         """Under the lock: read the file fresh, apply what is unsaved and ``change``, write it."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -315,7 +292,7 @@ class TrustStore:
         finally:
             os.close(fd)  # releases the lock
 
-    def _merge_unsaved(self, allowed: _Allowed, pending: _Pending) -> None:
+    def _merge_unsaved(self, allowed: Allowed, pending: Pending) -> None:
         for device_id, seen in self._unsaved_seen.items():
             entry = allowed.get(device_id)
             if entry is not None and (entry.last_seen is None or entry.last_seen < seen):
@@ -329,7 +306,7 @@ class TrustStore:
             )
         _bound_pending(pending, self._max_pending)
 
-    def _install(self, signature: _Signature, allowed: _Allowed, pending: _Pending) -> None:
+    def _install(self, signature: _Signature, allowed: Allowed, pending: Pending) -> None:
         self._merge_unsaved(allowed, pending)
         if _anchor_view(allowed) != _anchor_view(self._allowed):
             self._allowed_changed = True
@@ -344,7 +321,7 @@ class TrustStore:
             return self._signature  # transient: try again next poll
         return (st.st_mtime_ns, st.st_ino, st.st_size)
 
-    def _read_disk(self) -> tuple[_Signature, _Allowed, _Pending]:
+    def _read_disk(self) -> tuple[_Signature, Allowed, Pending]:
         try:
             with open(self.path, "rb") as f:
                 st = os.fstat(f.fileno())
@@ -367,7 +344,7 @@ class TrustStore:
             "devices (pair them again with `ollana device pending` and `ollana device allow`)"
         )
 
-    def _write(self, allowed: _Allowed, pending: _Pending) -> _Signature:
+    def _write(self, allowed: Allowed, pending: Pending) -> _Signature:
         data = encode(allowed, pending)
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
@@ -405,131 +382,11 @@ def resolve_prefix(text: str, device_ids: Iterable[str], *, hint: str = "") -> s
     return matches[0]
 
 
-def sanitize_label(text: str, limit: int = MAX_LABEL) -> str:
-    """Peer-supplied text made safe to store and print: no control characters, bounded length."""
-    return "".join(c if c.isprintable() else "?" for c in text.strip())[:limit]
-
-
-def _anchor_view(allowed: _Allowed) -> frozenset[tuple[str, str, bool]]:
+def _anchor_view(allowed: Allowed) -> frozenset[tuple[str, str, bool]]:
     return frozenset((d.device_id, d.cert_pem, d.enabled) for d in allowed.values())
 
 
-def _bound_pending(pending: _Pending, limit: int) -> None:
+def _bound_pending(pending: Pending, limit: int) -> None:
     if len(pending) > limit:
         for entry in sorted(pending.values(), key=lambda e: e.last_seen)[: len(pending) - limit]:
             del pending[entry.device_id]
-
-
-# --- the file format (pure) ----------------------------------------------------------------------
-
-
-def encode(allowed: _Allowed, pending: _Pending) -> bytes:
-    doc = {
-        "version": FORMAT_VERSION,
-        "allowed": {
-            d.device_id: {
-                "name": d.name,
-                "cert_pem": d.cert_pem,
-                "added_at": _iso(d.added_at),
-                "last_seen": _iso(d.last_seen) if d.last_seen is not None else None,
-                "enabled": d.enabled,
-            }
-            for d in allowed.values()
-        },
-        "pending": {
-            p.device_id: {
-                "hostname": p.hostname,
-                "address": p.address,
-                "cert_pem": p.cert_pem,
-                "kind": p.kind.value,
-                "first_seen": _iso(p.first_seen),
-                "last_seen": _iso(p.last_seen),
-            }
-            for p in pending.values()
-        },
-    }
-    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-def decode(raw: bytes) -> tuple[_Allowed, _Pending]:
-    """Parse and check devices.json; ValueError saying what is wrong."""
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ValueError("not a JSON object")
-    version = doc.get("version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
-        raise ValueError(f"format version {version!r}; this ollana reads version {FORMAT_VERSION}")
-    allowed: _Allowed = {}
-    for device_id, e in _section(doc, "allowed"):
-        last_seen = e.get("last_seen")
-        allowed[device_id] = AllowedDevice(
-            device_id=device_id,
-            name=_field(e, "name", str, device_id),
-            cert_pem=_cert(e, device_id),
-            added_at=_time(_field(e, "added_at", str, device_id), device_id),
-            last_seen=None
-            if last_seen is None
-            else _time(_field(e, "last_seen", str, device_id), device_id),
-            enabled=_field(e, "enabled", bool, device_id),
-        )
-    pending: _Pending = {}
-    for device_id, e in _section(doc, "pending"):
-        try:
-            kind = PeerKind(_field(e, "kind", str, device_id))
-        except ValueError:
-            raise ValueError(f"device {device_id}: kind must be 'client' or 'server'") from None
-        pending[device_id] = PendingDevice(
-            device_id=device_id,
-            hostname=_field(e, "hostname", str, device_id),
-            address=_field(e, "address", str, device_id),
-            cert_pem=_cert(e, device_id),
-            kind=kind,
-            first_seen=_time(_field(e, "first_seen", str, device_id), device_id),
-            last_seen=_time(_field(e, "last_seen", str, device_id), device_id),
-        )
-    return allowed, pending
-
-
-def _section(doc: dict[str, Any], name: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    section = doc.get(name, {})
-    if not isinstance(section, dict):
-        raise ValueError(f"{name!r} is not an object")
-    for device_id, entry in section.items():
-        if not isinstance(entry, dict):
-            raise ValueError(f"{name} entry {device_id!r} is not an object")
-        yield device_id, entry
-
-
-def _field(entry: dict[str, Any], key: str, kind: type[T], device_id: str) -> T:
-    value = entry.get(key)
-    if not isinstance(value, kind):
-        raise ValueError(f"device {device_id}: {key!r} missing or not a {kind.__name__}")
-    return value
-
-
-def _cert(entry: dict[str, Any], device_id: str) -> str:
-    pem = _field(entry, "cert_pem", str, device_id)
-    try:
-        actual = device_id_of_pem(pem)
-    except ValueError:
-        raise ValueError(f"device {device_id}: cert_pem is not a certificate") from None
-    # The key is what users allowed; a certificate that hashes to another ID was tampered with.
-    if actual != device_id:
-        raise ValueError(
-            f"device {device_id}: cert_pem belongs to another device ({grouped(actual)})"
-        )
-    return pem
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-def _time(text: str, device_id: str) -> float:
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise ValueError(f"device {device_id}: bad timestamp {text!r}") from None

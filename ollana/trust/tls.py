@@ -21,8 +21,8 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 
 from ollana.errors import OllanaError, UpstreamUnavailable
+from ollana.trust.document import sanitize_label
 from ollana.trust.identity import Identity, device_id_of, device_id_of_pem, grouped, load_cert_pem
-from ollana.trust.store import sanitize_label
 
 log = structlog.get_logger(__name__)
 

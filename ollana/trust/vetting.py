@@ -26,8 +26,8 @@ from ollana.discovery.peers import Peer
 from ollana.errors import UpstreamUnavailable
 from ollana.ratelimit import RateLimiter
 from ollana.trust.devices import DeviceTrust
+from ollana.trust.document import PeerKind
 from ollana.trust.identity import device_id_of, grouped, short
-from ollana.trust.store import PeerKind
 from ollana.trust.tls import HELLO_PATH, client_context, encode_hello, fetch_peer_cert
 
 log = structlog.get_logger(__name__)

@@ -18,7 +18,8 @@ from structlog.testing import capture_logs
 
 from ollana.config import Trust
 from ollana.trust import identity
-from ollana.trust.store import PeerKind, TrustStore
+from ollana.trust.document import PeerKind
+from ollana.trust.store import TrustStore
 from ollana.trust.tls import HELLO_PATH, client_context, encode_hello
 from tests.fakeollama import FakeOllama
 from tests.integration.nodes import client_for, server_for

@@ -16,10 +16,10 @@ from click.testing import CliRunner
 
 from ollana.cli import device as cli_device
 from ollana.trust import identity
+from ollana.trust.document import PeerKind
 from ollana.trust.identity import InvalidDeviceId, device_id_of_pem, grouped
 from ollana.trust.store import (
     AmbiguousDeviceId,
-    PeerKind,
     TrustStore,
     TrustStoreError,
     UnknownDevice,
