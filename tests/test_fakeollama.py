@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -552,3 +552,227 @@ async def test_cli_runs_and_stops_cleanly() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# -- several boxes under load: model loads, parallel slots, generation time ------------------------
+
+GENERATE = {"model": "llama3.2:1b", "prompt": "x", "stream": False}
+CHAT = {
+    "model": "llama3.2:1b",
+    "messages": [{"role": "user", "content": "x"}],
+    "stream": False,
+}
+EMBED = {"model": "nomic-embed-text", "input": "x"}
+
+
+async def post_json(
+    http: aiohttp.ClientSession, url: str, path: str, body: Mapping[str, object]
+) -> tuple[int, dict[str, object]]:
+    async with http.post(f"{url}{path}", json=body) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def ps_names(http: aiohttp.ClientSession, url: str) -> list[str]:
+    async with http.get(f"{url}/api/ps") as resp:
+        return [m["name"] for m in (await resp.json())["models"]]
+
+
+async def hang_up(task: asyncio.Task[object], fake: FakeOllama, count: int) -> None:
+    """Cancel a client call (its connection closes) and wait for the fake to see `count` gone."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await fake.wait_for(lambda rs: sum(r.disconnected for r in rs) >= count or None)
+
+
+async def test_load_delay_is_paid_once_and_only_by_an_unloaded_model(
+    http: aiohttp.ClientSession, url: str, fake: FakeOllama
+) -> None:
+    fake.configure(load_delay=3600)  # a load that lasts until the client gives up
+    first = asyncio.create_task(post_json(http, url, "/api/generate", GENERATE))
+    await fake.wait_for(lambda _: fake.running()["models"].get("llama3.2:1b", {}).get("loading"))
+    second = asyncio.create_task(post_json(http, url, "/api/chat", CHAT))
+    state = await fake.wait_for_running(running=2)
+    # Both wait for the one load; Ollama lists a loading model in /api/ps and writes nothing.
+    assert state["models"]["llama3.2:1b"] == {
+        "running": 2,
+        "queued": 0,
+        "loading": True,
+        "loads": 1,
+    }
+    assert await ps_names(http, url) == ["llama3.2:1b"]
+    assert [r.status for r in fake.requests[:2]] == [None, None]
+    await hang_up(second, fake, 1)
+    await hang_up(first, fake, 2)  # the aborted load leaves the model unloaded
+    await fake.wait_for_running(idle=True)
+    assert await ps_names(http, url) == []
+    assert fake.running()["models"]["llama3.2:1b"]["loads"] == 1
+
+    fake.configure(load_delay=0.2)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    assert (await post_json(http, url, "/api/generate", GENERATE))[0] == 200
+    assert loop.time() - start >= 0.19
+    assert await ps_names(http, url) == ["llama3.2:1b"]
+
+    fake.configure(load_delay=3600)  # loaded already: no load to wait for
+    status, _ = await asyncio.wait_for(post_json(http, url, "/api/chat", CHAT), 30)
+    assert status == 200 and fake.running()["models"]["llama3.2:1b"]["loads"] == 2
+
+
+async def test_num_parallel_queues_the_rest(
+    http: aiohttp.ClientSession, url: str, fake: FakeOllama
+) -> None:
+    async def running(**params: str) -> dict[str, object]:
+        async with http.get(f"{url}/_fake/running", params=params) as resp:
+            return dict(await resp.json())
+
+    async with http.post(f"{url}/_fake/config", json={"num_parallel": 1, "hold": True}) as resp:
+        assert resp.status == 200
+    first = asyncio.create_task(post_json(http, url, "/api/generate", GENERATE))
+    assert (await running(wait_running="1"))["running"] == 1
+    second = asyncio.create_task(post_json(http, url, "/api/chat", CHAT))
+    state = await running(wait_queued="1", model="LLAMA3.2:1b")
+    assert state == {
+        "running": 1,
+        "queued": 1,
+        "models": {"llama3.2:1b": {"running": 1, "queued": 1, "loading": False, "loads": 0}},
+    }
+    assert [r.status for r in fake.requests] == [None, None]  # nothing written yet
+    async with http.post(f"{url}/_fake/config", json={"hold": False}) as resp:
+        assert resp.status == 200
+    assert [(await first)[0], (await second)[0]] == [200, 200]
+    idle = await running(wait_idle="1")
+    assert (idle["running"], idle["queued"]) == (0, 0)
+    async with http.get(f"{url}/_fake/running", params={"model": "a:b:c"}) as resp:
+        assert resp.status == 400
+
+
+async def test_queue_is_fifo_and_a_disconnect_frees_the_slot(
+    http: aiohttp.ClientSession, url: str, fake: FakeOllama
+) -> None:
+    fake.configure(num_parallel=1, hold=True)
+    calls = []
+    for queued in range(3):
+        calls.append(asyncio.create_task(post_json(http, url, "/api/generate", GENERATE)))
+        await fake.wait_for_running(running=1, queued=queued)
+    fake.configure(num_parallel=2)  # one more slot: the oldest waiter takes it
+    await fake.wait_for_running(running=2)
+    await hang_up(calls[2], fake, 1)  # the youngest was the one still queued
+    assert (fake.running()["running"], fake.running()["queued"]) == (2, 0)
+
+    fake.configure(num_parallel=1)
+    await hang_up(calls[0], fake, 2)  # a running request that goes away gives its slot back
+    assert fake.running()["running"] == 1
+    calls.append(asyncio.create_task(post_json(http, url, "/api/generate", GENERATE)))
+    await fake.wait_for_running(running=1, queued=1)
+    fake.configure(hold=False)
+    assert [(await calls[1])[0], (await calls[3])[0]] == [200, 200]
+    await fake.wait_for_running(idle=True)
+
+
+async def test_slots_are_per_model_and_a_preload_needs_none(
+    http: aiohttp.ClientSession, url: str, fake: FakeOllama, client: ollama.AsyncClient
+) -> None:
+    fake.configure(num_parallel=1, hold=True)
+    chat = asyncio.create_task(post_json(http, url, "/v1/chat/completions", CHAT))
+    embed = asyncio.create_task(post_json(http, url, "/api/embed", EMBED))
+    state = await fake.wait_for_running(running=2)
+    assert state["queued"] == 0 and set(state["models"]) == {
+        "llama3.2:1b",
+        "nomic-embed-text:latest",
+    }
+    assert (await client.generate("llama3.2:1b", "")).done_reason == "load"
+    fake.configure(hold=False)
+    assert [(await chat)[0], (await embed)[0]] == [200, 200]
+
+
+async def test_generation_time_spreads_over_the_tokens(
+    http: aiohttp.ClientSession, url: str, fake: FakeOllama
+) -> None:
+    fake.configure(generation_time=0.4, tokens=4)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    async with http.post(f"{url}/api/generate", json={**GENERATE, "stream": True}) as resp:
+        arrivals = [loop.time() - start async for _ in resp.content]
+    assert len(arrivals) == 5
+    assert arrivals[0] >= 0.09 and arrivals[-1] >= 0.39  # a token's share, then all of it
+    start = loop.time()
+    status, body = await post_json(http, url, "/api/chat", CHAT)
+    assert status == 200 and loop.time() - start >= 0.39
+    assert body["eval_count"] == 4
+
+
+async def test_loaded_models_at_start_and_by_control_route(http: aiohttp.ClientSession) -> None:
+    with pytest.raises(ValueError, match="nothere"):
+        FakeOllama(loaded=["nothere"])
+    fake = FakeOllama(loaded=["LLAMA3.2:1b"])
+    async with fake.serve() as base:
+        async with http.get(f"{base}/api/ps") as resp:
+            (entry,) = (await resp.json())["models"]
+        assert entry["name"] == "llama3.2:1b"
+        fake.configure(load_delay=3600)
+        status, _ = await asyncio.wait_for(post_json(http, base, "/api/generate", GENERATE), 30)
+        assert status == 200
+
+        body = {"model": "nomic-embed-text", "keep_alive": -1}
+        async with http.post(f"{base}/_fake/loaded", json=body) as resp:
+            assert (await resp.json())["models"] == ["nomic-embed-text:latest", "llama3.2:1b"]
+        body = {"model": "llama3.2:1b", "keep_alive": "0s"}
+        async with http.post(f"{base}/_fake/loaded", json=body) as resp:
+            assert (await resp.json())["models"] == ["nomic-embed-text:latest"]
+        async with http.post(f"{base}/_fake/loaded", json={"model": "nothere"}) as resp:
+            assert resp.status == 404
+        async with http.post(f"{base}/_fake/loaded", json={"keep_alive": 1}) as resp:
+            assert resp.status == 400
+        fake.reset()  # back to the constructor's loaded models
+        async with http.get(f"{base}/_fake/loaded") as resp:
+            assert (await resp.json())["models"] == ["llama3.2:1b"]
+        assert [r.path for r in fake.requests] == []  # control routes are not recorded
+
+
+async def test_a_pull_shows_on_that_box_only(http: aiohttp.ClientSession) -> None:
+    one, two = FakeOllama(), FakeOllama()
+    async with one.serve() as first, two.serve() as second:
+        async with http.post(f"{first}/api/pull", json={"model": "qwen3:0.6b"}) as resp:
+            assert json.loads((await resp.read()).splitlines()[-1]) == {"status": "success"}
+        for base, present in ((first, True), (second, False)):
+            async with http.get(f"{base}/api/tags") as resp:
+                names = [m["name"] for m in (await resp.json())["models"]]
+            assert ("qwen3:0.6b" in names) is present
+
+
+async def test_cli_fleet_flags() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "tests.fakeollama", "--port", "0", "--loaded", "llama3.2:1b"),
+        *("--load-delay", "2.5", "--num-parallel", "2", "--generation-time", "0.5"),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()
+        base = line.split()[-1]
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+            assert await ps_names(session, base) == ["llama3.2:1b"]
+            async with session.get(f"{base}/_fake/config") as resp:
+                knobs = await resp.json()
+        assert (knobs["load_delay"], knobs["num_parallel"], knobs["generation_time"]) == (
+            2.5,
+            2,
+            0.5,
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    bad = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "tests.fakeollama", "--port", "0", "--loaded", "nothere"),
+        cwd=REPO,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(bad.communicate(), 10)
+    assert bad.returncode == 2 and b"nothere" in err

@@ -5,12 +5,21 @@ async with fake.serve() as url:          # http://127.0.0.1:<port>
     ...
     await fake.wait_for_requests(1)
     assert fake.requests[0].path == "/api/tags"
+
+One box of a fleet under load (change knobs with configure(), which wakes waiting requests):
+
+fake = FakeOllama(loaded=["llama3.2:1b"], knobs=Knobs(num_parallel=1, load_delay=2.0))
+fake.configure(hold=True)                # requests that get a slot write nothing for now
+...
+await fake.wait_for_running(running=1, queued=1)
+fake.configure(hold=False)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import socket
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -21,9 +30,11 @@ from . import middleware
 from .catalog import Catalog, Model, default_models
 from .control import Control
 from .cors import CorsPolicy, default_origins
+from .gojson import DEFAULT_KEEP_ALIVE
 from .inference import Inference
 from .manage import Manage
 from .openai import OpenAI
+from .sched import Scheduler, running_ready
 from .state import Knobs, Predicate, Recorder, RequestRecord, T
 from .transfer import Transfer
 from .wire import error_response
@@ -80,16 +91,20 @@ class FakeOllama:
         hostname: str | None = None,
         origins: Sequence[str] = (),
         knobs: Knobs | None = None,
+        loaded: Iterable[str] = (),
     ) -> None:
+        """`loaded` names models already in memory at start (and after reset), for 5 minutes."""
         self.version = version
         self.hostname = hostname if hostname is not None else socket.gethostname()
         self._initial_models = [
             _as_model(m) for m in (default_models() if models is None else models)
         ]
         self._initial_knobs = dataclasses.replace(knobs) if knobs is not None else Knobs()
-        self.catalog = Catalog(dataclasses.replace(m) for m in self._initial_models)
+        self._initial_loaded = list(loaded)
+        self.catalog = self._fresh_catalog()
         self.knobs = dataclasses.replace(self._initial_knobs)
         self.recorder = Recorder()
+        self.scheduler = Scheduler(self)
         self.cors = CorsPolicy.from_origins(default_origins(origins))
         # Addresses the server listens on; the Host check runs only when all are loopback.
         self.listen_hosts: list[str] = []
@@ -103,12 +118,54 @@ class FakeOllama:
     def configure(self, **values: Any) -> None:
         """Set knobs by name, e.g. configure(chunk_delay=0.05, split_chunks=True)."""
         self.knobs.update(values)
+        self.scheduler.knobs_changed()
 
     def reset(self) -> None:
         """Forget requests and connections; knobs and models back to the constructor's."""
         self.knobs = dataclasses.replace(self._initial_knobs)
-        self.catalog = Catalog(dataclasses.replace(m) for m in self._initial_models)
+        self.catalog = self._fresh_catalog()
         self.recorder.reset()
+        self.scheduler.reset()
+
+    def _fresh_catalog(self) -> Catalog:
+        catalog = Catalog(dataclasses.replace(m) for m in self._initial_models)
+        for name in self._initial_loaded:
+            model = catalog.get(name)
+            if model is None:
+                raise ValueError(f"cannot mark {name!r} loaded: the fake does not have it")
+            catalog.load(model, DEFAULT_KEEP_ALIVE, time.time_ns())
+        return catalog
+
+    def set_loaded(self, name: str, keep_alive: float = DEFAULT_KEEP_ALIVE) -> None:
+        """Load or (keep_alive 0) unload a model at once: no request, no load_delay.
+
+        keep_alive is in seconds; float("inf") keeps it loaded for good (keep_alive -1).
+        """
+        model = self.catalog.get(name)
+        if model is None:
+            raise KeyError(name)
+        self.catalog.load(model, keep_alive, time.time_ns())
+        self.recorder.changed()
+
+    def running(self, model: str | None = None) -> dict[str, Any]:
+        """Requests running and queued per model, loads in progress and started; see sched.py."""
+        return self.scheduler.snapshot(model)
+
+    async def wait_for_running(
+        self,
+        running: int = 0,
+        queued: int = 0,
+        model: str | None = None,
+        idle: bool = False,
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        """Wait until at least `running` requests run and `queued` wait (for `model`, or in all).
+
+        With idle=True, wait instead until none runs, waits or loads.
+        """
+        return await self.wait_for(
+            lambda _: running_ready(self.running(model), running, queued, idle), timeout
+        )
 
     async def wait_for(self, predicate: Predicate[T], timeout: float = 10.0) -> T:
         return await self.recorder.wait_for(predicate, timeout)

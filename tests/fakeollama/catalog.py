@@ -209,6 +209,9 @@ class Catalog:
             span = forever if keep_alive == float("inf") else int(keep_alive * 10**9)
             self.loaded[key] = now_ns + span
 
+    def is_loaded(self, model: Model, now_ns: int) -> bool:
+        return self.loaded.get(ModelName.parse(model.name).key, 0) > now_ns
+
     def running(self, now_ns: int) -> list[tuple[Model, int]]:
         alive = [(self.models[k], exp) for k, exp in self.loaded.items() if k in self.models]
         alive = [(m, exp) for m, exp in alive if exp > now_ns]

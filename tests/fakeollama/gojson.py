@@ -34,7 +34,7 @@ _DURATION_UNITS: Final = {
     "h": 3600.0,
 }
 _DURATION_PART: Final = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
-_DEFAULT_KEEP_ALIVE: Final = 300.0
+DEFAULT_KEEP_ALIVE: Final = 300.0
 
 
 def dumps(value: Any) -> bytes:
@@ -167,4 +167,4 @@ def decode_request(body: bytes, go_struct: str, fields: dict[str, Field]) -> dic
 def keep_alive_of(req: dict[str, Any]) -> float:
     """Seconds a model stays loaded after this request (Ollama's default is 5 minutes)."""
     value = req.get("keep_alive")
-    return _DEFAULT_KEEP_ALIVE if value is None else float(value)
+    return DEFAULT_KEEP_ALIVE if value is None else float(value)

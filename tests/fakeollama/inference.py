@@ -76,6 +76,12 @@ class Turn:
     prompt_tokens: int
     started_ns: int
     loaded_ns: int
+    token_delay: float = 0.0  # the generation_time knob's share per token
+
+    async def pace(self) -> None:
+        """The time the model takes to produce one token."""
+        if self.token_delay:
+            await asyncio.sleep(self.token_delay)
 
     def metrics(self) -> dict[str, int]:
         now = time.time_ns()
@@ -124,23 +130,36 @@ class Inference:
             return Failure(404, f"model '{name}' not found")
         return model
 
-    async def _load(self, model: Model, req: dict[str, Any]) -> int:
-        """scheduleRunner: the model load, where Ollama writes nothing at all."""
+    async def _load(
+        self, request: web.Request, model: Model, req: dict[str, Any], work: bool
+    ) -> int:
+        """scheduleRunner and a runner slot: Ollama writes nothing at all until it has both.
+
+        `work` is false for a preload (nothing to generate), which needs the model, not a slot.
+        """
+        sched, keep_alive = self._fake.scheduler, keep_alive_of(req)
+        if work:
+            await sched.hold_slot(request, model)
+        await sched.load(model, keep_alive)
         if self._fake.knobs.first_byte_delay:
             await asyncio.sleep(self._fake.knobs.first_byte_delay)
         now = time.time_ns()
-        self._fake.catalog.load(model, keep_alive_of(req), now)
+        self._fake.catalog.load(model, keep_alive, now)
+        if work:
+            await sched.wait_unheld()
         return now
 
     def _turn(self, label: str, prompt: str, started_ns: int, loaded_ns: int) -> Turn:
-        pieces = tuple(islice(cycle(_WORDS), self._fake.knobs.tokens))
-        return Turn(label, pieces, len(prompt.split()) + 10, started_ns, loaded_ns)
+        knobs = self._fake.knobs
+        pieces = tuple(islice(cycle(_WORDS), knobs.tokens))
+        delay = knobs.generation_time / knobs.tokens if knobs.tokens else 0.0
+        return Turn(label, pieces, len(prompt.split()) + 10, started_ns, loaded_ns, delay)
 
     async def whole(self, request: web.Request, turn: Turn) -> Failure | None:
         """stream:false waits for the whole generation; faults surface as a status or a cut."""
         knobs = self._fake.knobs
         lines = len(turn.pieces) + 1
-        await asyncio.sleep(knobs.chunk_delay * len(turn.pieces))
+        await asyncio.sleep((knobs.chunk_delay + turn.token_delay) * len(turn.pieces))
         if knobs.die_after is not None and knobs.die_after < lines:
             await wire.abort_connection(request, record_of(request))
         if knobs.error_after is not None and knobs.error_after < lines:
@@ -168,7 +187,7 @@ class Inference:
         refused = self._capable(model, label, "completion", "generate", req)
         if refused is not None:
             return refused.response()
-        loaded = await self._load(model, req)
+        loaded = await self._load(request, model, req, work=bool(prompt))
         if not prompt:
             return wire.json_response(200, self._generate_done(label, "", "load"))
         turn = self._turn(label, prompt, started, loaded)
@@ -208,6 +227,7 @@ class Inference:
 
     async def _generate_lines(self, turn: Turn, prompt: str) -> AsyncIterator[bytes]:
         for piece in turn.pieces:
+            await turn.pace()
             chunk = {
                 "model": turn.label,
                 "created_at": go_time(time.time_ns()),
@@ -219,7 +239,9 @@ class Inference:
 
     # -- /api/chat (also behind /v1/chat/completions) -------------------------------------------
 
-    async def chat_plan(self, req: dict[str, Any]) -> Turn | Failure | dict[str, Any]:
+    async def chat_plan(
+        self, request: web.Request, req: dict[str, Any]
+    ) -> Turn | Failure | dict[str, Any]:
         """ChatHandler up to the first token: a Turn to generate, a Failure, or a final object."""
         started = time.time_ns()
         label = req.get("model") or ""
@@ -233,7 +255,7 @@ class Inference:
         refused = self._capable(model, label, "completion", "chat", req)
         if refused is not None:
             return refused
-        loaded = await self._load(model, req)
+        loaded = await self._load(request, model, req, work=bool(messages))
         if not messages:
             return self._chat_done(label, "", "load")
         last = messages[-1] if isinstance(messages[-1], dict) else {}
@@ -243,7 +265,7 @@ class Inference:
         req = await bind(request, "ChatRequest", CHAT_FIELDS)
         if isinstance(req, web.Response):
             return req
-        turn = await self.chat_plan(req)
+        turn = await self.chat_plan(request, req)
         if isinstance(turn, Failure):
             return turn.response()
         if isinstance(turn, dict):
@@ -276,6 +298,7 @@ class Inference:
             if done:
                 yield dumps(self.chat_final(turn, "")) + b"\n"
                 continue
+            await turn.pace()
             chunk = {
                 "model": turn.label,
                 "created_at": go_time(time.time_ns()),
@@ -304,7 +327,7 @@ class Inference:
             inputs = []
         else:
             return wire.error_response(400, "invalid input type")
-        loaded = await self._load(model, req)
+        loaded = await self._load(request, model, req, work=bool(inputs))
         if not inputs:
             return wire.json_response(200, {"model": label, "embeddings": []})
         return wire.json_response(
@@ -331,7 +354,7 @@ class Inference:
             return wire.error_response(
                 404, f"model {go_quote(label)} not found, try pulling it first"
             )
-        await self._load(model, req)
         prompt = req.get("prompt") or ""
+        await self._load(request, model, req, work=bool(prompt))
         vector = embedding(prompt, model.embedding_length) if prompt else []
         return wire.json_response(200, {"embedding": vector})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 from aiohttp import web
@@ -13,6 +14,8 @@ from .wire import RequestBody
 
 RECORD: Final = web.RequestKey("fakeollama_record", RequestRecord)
 BODY: Final = web.RequestKey("fakeollama_body", RequestBody)
+# Frees the parallel slot a request holds (sched.py); the `slots` middleware calls it.
+SLOT: Final = web.RequestKey[Callable[[], None]]("fakeollama_slot")
 
 
 def record_of(request: web.Request) -> RequestRecord | None:

@@ -7,6 +7,7 @@ cors        -- gin-contrib/cors
 hosts       -- allowedHostsMiddleware
 router      -- gin's plain-text 404 and 405
 fail        -- the fail_status knob
+slots       -- frees the request's parallel slot however its handler ends (sched.py)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aiohttp.web_exceptions import HTTPMethodNotAllowed
 
 from . import hosts, wire
 from .control import PREFIX
-from .keys import BODY, RECORD
+from .keys import BODY, RECORD, SLOT
 from .state import RequestRecord
 
 if TYPE_CHECKING:
@@ -209,7 +210,18 @@ def build(fake: FakeOllama) -> list[Middleware]:
         text = fake.knobs.fail_message or _FAIL_TEXT.get(status) or "internal server error"
         return wire.error_response(status, text)
 
-    return [record, servemux, trailing, cors, allowed_hosts, router, fail]
+    @web.middleware
+    async def slots(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Innermost, so a slot is free again before a whole answer is written (as the runner
+        # is done by then) and when a disconnect cancels the handler.
+        try:
+            return await handler(request)
+        finally:
+            release = request.pop(SLOT, None)
+            if release is not None:
+                release()
+
+    return [record, servemux, trailing, cors, allowed_hosts, router, fail, slots]
 
 
 class _Gone:

@@ -61,7 +61,7 @@ class OpenAI:
             return openai_error(400, "[] is too short - 'messages'")
         stream = req.get("stream") is True
         req["stream"] = stream
-        plan = await self._inference.chat_plan(req)
+        plan = await self._inference.chat_plan(request, req)
         if isinstance(plan, Failure):
             return openai_error(plan.status, plan.message)
         if isinstance(plan, dict):  # unreachable through /v1: messages are never empty here
@@ -137,6 +137,7 @@ class OpenAI:
     ) -> AsyncIterator[bytes]:
         for piece, done in self._inference.chat_events(turn):
             if not done:
+                await turn.pace()
                 yield _sse(self._chunk(chat_id, created, turn.label, piece, None))
                 continue
             # The final chunk, the usage chunk and [DONE] go out in one flush.

@@ -20,8 +20,12 @@ DEFAULT_ERROR: Final = "an error was encountered while running the model: unexpe
 class Knobs:
     """What tests can turn. Line counts are stream lines already written (final line included)."""
 
-    first_byte_delay: float = 0.0  # seconds before an inference route answers (model load)
+    first_byte_delay: float = 0.0  # seconds before every inference answer, loaded model or not
+    load_delay: float = 0.0  # seconds to load a model /api/ps does not list; one load is shared
+    num_parallel: int = 0  # requests one model serves at once (OLLAMA_NUM_PARALLEL); 0: no limit
+    hold: bool = False  # requests that have their slot and model write nothing until it is off
     chunk_delay: float = 0.0  # seconds between stream lines (and per token when not streaming)
+    generation_time: float = 0.0  # seconds per generation, spread over its tokens (+ chunk_delay)
     tokens: int = 8  # content chunks per generate/chat; the stream has tokens + 1 lines
     split_chunks: bool = False  # write each line in two writes, split mid-line
     split_delay: float = 0.0  # pause between the two halves of a split line
