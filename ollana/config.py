@@ -50,13 +50,18 @@ class LogFormat(enum.Enum):
     JSON = "json"
 
 
+def bracketed(host: str) -> str:
+    """A host as it goes before ``:PORT`` (in an address or a URL): an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     host: str
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return f"{bracketed(self.host)}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +105,8 @@ class Config:
     # Request bodies up to this size are kept in memory so they can be replayed on another server.
     replay_limit: int = 1024 * 1024
     trust: Trust = Trust.DEVICES
+    # Server: requests one loaded model serves at once (OLLAMA_NUM_PARALLEL), for routing.
+    parallel: int = 1
     timings: Timings = field(default_factory=Timings)
 
     def listen_for(self, role: Role) -> Endpoint:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class OllanaError(Exception):
     """Base of every error ollana raises on purpose."""
@@ -17,3 +19,8 @@ class StartupError(OllanaError):
 
 class UpstreamUnavailable(OllanaError):
     """The upstream (local Ollama, or a peer's proxy) could not be reached before any byte."""
+
+
+def print_error(message: str) -> None:
+    """How an error reaches the person at the terminal: one line on stderr, ``ollana: error: ...``."""
+    print(f"ollana: error: {message}", file=sys.stderr, flush=True)

@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +17,7 @@ from ollana import log as logconf
 from ollana.config import LogFormat, default_state_dir
 from ollana.errors import OllanaError
 from ollana.trust import identity
-from ollana.trust.document import AllowedDevice, PendingDevice, sanitize_label
+from ollana.trust.document import AllowedDevice, PendingDevice, iso_time, sanitize_label
 from ollana.trust.identity import grouped, short
 from ollana.trust.store import TrustStore
 
@@ -227,17 +227,13 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
 def _allowed_json(d: AllowedDevice) -> dict[str, Any]:
     return {
         "device_id": d.device_id,
         "name": d.name,
         "enabled": d.enabled,
-        "added_at": _iso(d.added_at),
-        "last_seen": _iso(d.last_seen),
+        "added_at": iso_time(d.added_at),
+        "last_seen": iso_time(d.last_seen),
     }
 
 
@@ -247,8 +243,8 @@ def _pending_json(d: PendingDevice) -> dict[str, Any]:
         "hostname": d.hostname,
         "address": d.address,
         "kind": d.kind.value,
-        "first_seen": _iso(d.first_seen),
-        "last_seen": _iso(d.last_seen),
+        "first_seen": iso_time(d.first_seen),
+        "last_seen": iso_time(d.last_seen),
     }
 
 

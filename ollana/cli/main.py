@@ -29,7 +29,7 @@ from ollana.config import (
     parse_endpoint,
     parse_ollama_host,
 )
-from ollana.errors import ConfigError, StartupError
+from ollana.errors import ConfigError, StartupError, print_error
 from ollana.service import control, daemon, pidfile
 
 if TYPE_CHECKING:  # runtime imports aiohttp: keep `ollana status` and `stop` quick to start
@@ -257,7 +257,7 @@ def status(pid_file: Path | None, state_dir: Path | None) -> None:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"ollana: error: {message}", err=True)
+    print_error(message)
     sys.exit(code)
 
 

@@ -11,14 +11,15 @@ import json
 import os
 import signal
 import ssl
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from ollana.config import Endpoint
+from ollana.errors import print_error
 from ollana.service.pidfile import Liveness, is_held, parse_pid, read_fd, read_pid_file, read_state
+from ollana.trust.tls import client_tls
 
 # ``stop`` waits the daemon's grace period plus this margin for it to exit.
 STOP_MARGIN: Final = 5.0
@@ -44,7 +45,7 @@ def stop(pid_file: Path, *, timeout: float | None = None, poll: float = 0.05) ->
         print(f"ollana is not running (no pid file {pid_file})")
         return EXIT_OK
     except OSError as exc:
-        _err(f"cannot read the pid file {pid_file}: {exc.strerror}")
+        print_error(f"cannot read the pid file {pid_file}: {exc.strerror}")
         return EXIT_UNKNOWN
     try:
         if not is_held(fd):
@@ -53,7 +54,7 @@ def stop(pid_file: Path, *, timeout: float | None = None, poll: float = 0.05) ->
             return EXIT_OK
         pid = _wait_for_pid(fd)
         if pid is None:
-            _err(f"the pid file {pid_file} is locked but names no pid")
+            print_error(f"the pid file {pid_file} is locked but names no pid")
             return EXIT_FAILED
         state = read_state(pid_file) or {}
         grace = float(state.get("grace_s") or DEFAULT_GRACE)
@@ -63,13 +64,13 @@ def stop(pid_file: Path, *, timeout: float | None = None, poll: float = 0.05) ->
         except ProcessLookupError:
             pass  # it is exiting already; wait for the lock below
         except PermissionError:
-            _err(f"not allowed to stop ollana (pid {pid}): it runs as another user; try with sudo")
+            print_error(f"not allowed to stop ollana (pid {pid}): it runs as another user; try with sudo")
             return EXIT_UNKNOWN
         started = time.monotonic()
         # The lock is released when the process is gone (the kernel closes its files).
         while is_held(fd):
             if time.monotonic() - started >= limit:
-                _err(f"ollana (pid {pid}) is still running {limit:g} s after SIGTERM; "
+                print_error(f"ollana (pid {pid}) is still running {limit:g} s after SIGTERM; "
                      "it did not stop (see its log)")
                 return EXIT_FAILED
             time.sleep(poll)
@@ -126,12 +127,9 @@ def own_tls(state: Mapping[str, Any]) -> ssl.SSLContext:
     """A TLS server node (trust mode devices) is reached with its own certificate and key, pinned
     to that certificate: only who can read the node's key can ask it."""
     cert, key = str(state.get("cert_file") or ""), str(state.get("key_file") or "")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    ctx.load_verify_locations(cafile=cert)
-    ctx.load_cert_chain(cert, key)
-    return ctx
+    with open(cert, encoding="ascii") as f:
+        pin = f.read()
+    return client_tls(pin, (cert, key))
 
 
 def status(pid_file: Path, *, fetch: Fetch | None = None) -> int:
@@ -139,7 +137,7 @@ def status(pid_file: Path, *, fetch: Fetch | None = None) -> int:
     try:
         st = read_pid_file(pid_file)
     except OSError as exc:
-        _err(f"cannot read the pid file {pid_file}: {exc.strerror}")
+        print_error(f"cannot read the pid file {pid_file}: {exc.strerror}")
         return EXIT_UNKNOWN
     if st.liveness is Liveness.NOT_RUNNING:
         print(f"ollana is not running (no pid file {pid_file})")
@@ -171,8 +169,9 @@ def _fetch_for(state: Mapping[str, Any]) -> Fetch:
     def fetch(endpoint: Endpoint) -> dict[str, Any]:
         try:
             tls = own_tls(state)
-        except (OSError, ssl.SSLError) as exc:
-            raise OSError(f"cannot use the node's key to ask it over TLS: {exc.strerror or exc}") from exc
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; a non-ASCII file, ValueError
+            why = getattr(exc, "strerror", None) or exc
+            raise OSError(f"cannot use the node's key to ask it over TLS: {why}") from exc
         return fetch_status(endpoint, tls)
 
     return fetch
@@ -221,7 +220,3 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {s:02d}s"
     return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
-
-
-def _err(message: str) -> None:
-    print(f"ollana: error: {message}", file=sys.stderr, flush=True)

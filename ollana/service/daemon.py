@@ -31,7 +31,7 @@ import structlog
 
 from ollana import log as logconf
 from ollana.config import Config, LogFormat
-from ollana.errors import ConfigError, StartupError
+from ollana.errors import ConfigError, StartupError, print_error
 from ollana.service.pidfile import PidFile
 
 if TYPE_CHECKING:
@@ -219,14 +219,14 @@ def _await_ready(pipe: IO[bytes], paths: Paths, timeout: float) -> int:
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            _err(f"the daemon did not report that it serves within {timeout:g} s; see {paths.log_file}")
+            print_error(f"the daemon did not report that it serves within {timeout:g} s; see {paths.log_file}")
             return EXIT_FAILED
         readable, _, _ = select.select([pipe], [], [], remaining)
         if not readable:
             continue
         chunk = os.read(pipe.fileno(), 65536)
         if not chunk:
-            _err(f"the daemon exited during start-up; see {paths.log_file}")
+            print_error(f"the daemon exited during start-up; see {paths.log_file}")
             return EXIT_FAILED
         buffer += chunk
         while b"\n" in buffer:
@@ -243,7 +243,7 @@ def _await_ready(pipe: IO[bytes], paths: Paths, timeout: float) -> int:
                       f"(pid file {paths.pid_file}, log {paths.log_file})", flush=True)
                 return EXIT_OK
             elif "error" in message:
-                _err(str(message["error"]))
+                print_error(str(message["error"]))
                 return int(message.get("code") or EXIT_FAILED)
 
 
@@ -323,7 +323,3 @@ def _daemon_main(report_fd: int, config: Config, paths: Paths, levels: LogLevels
             pid_file.remove()
         reporter.close()
         logging.shutdown()
-
-
-def _err(message: str) -> None:
-    print(f"ollana: error: {message}", file=sys.stderr, flush=True)

@@ -65,8 +65,8 @@ def encode(allowed: Allowed, pending: Pending) -> bytes:
             d.device_id: {
                 "name": d.name,
                 "cert_pem": d.cert_pem,
-                "added_at": _iso(d.added_at),
-                "last_seen": _iso(d.last_seen) if d.last_seen is not None else None,
+                "added_at": iso_time(d.added_at),
+                "last_seen": iso_time(d.last_seen),
                 "enabled": d.enabled,
             }
             for d in allowed.values()
@@ -77,8 +77,8 @@ def encode(allowed: Allowed, pending: Pending) -> bytes:
                 "address": p.address,
                 "cert_pem": p.cert_pem,
                 "kind": p.kind.value,
-                "first_seen": _iso(p.first_seen),
-                "last_seen": _iso(p.last_seen),
+                "first_seen": iso_time(p.first_seen),
+                "last_seen": iso_time(p.last_seen),
             }
             for p in pending.values()
         },
@@ -159,8 +159,9 @@ def _cert(entry: dict[str, Any], device_id: str) -> str:
     return pem
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+def iso_time(ts: float | None) -> str | None:
+    """A stored time as devices.json and ``--json`` output write it (UTC, whole seconds)."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def _time(text: str, device_id: str) -> float:

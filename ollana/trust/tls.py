@@ -15,6 +15,7 @@ import json
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
+from os import PathLike
 from typing import Final
 
 import structlog
@@ -32,6 +33,8 @@ MAX_HELLO_BYTES: Final = 16 * 1024
 MAX_CERT_PEM: Final = 8 * 1024
 MAX_HOSTNAME: Final = 253
 _PEM_BEGIN: Final = "-----BEGIN CERTIFICATE-----"
+
+StrPath = str | PathLike[str]
 
 
 class BadHello(OllanaError):
@@ -71,13 +74,28 @@ def client_context(
     ``present_cert=False`` is for the hello to a server that does not know us yet (it would refuse
     our certificate in the handshake).
     """
+    return client_tls(peer_cert_pem, (identity.cert_path, identity.key_path) if present_cert else None)
+
+
+def client_tls(
+    pin_pem: str | None, cert_and_key: tuple[StrPath, StrPath] | None = None
+) -> ssl.SSLContext:
+    """Every client context ollana makes: TLS 1.2 or newer, no host name check.
+
+    ``pin_pem``: the only certificate the server may present (the pin replaces the name check:
+    IDs, not names, are trusted). None accepts any certificate, to read it and nothing more: send
+    nothing over such a connection. ``cert_and_key``: the files of the certificate to present.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     _common(ctx)
-    ctx.check_hostname = False  # the pin replaces the name check: IDs, not names, are trusted
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=peer_cert_pem)
-    if present_cert:
-        ctx.load_cert_chain(identity.cert_path, identity.key_path)
+    ctx.check_hostname = False
+    if pin_pem is None:
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cadata=pin_pem)
+    if cert_and_key is not None:
+        ctx.load_cert_chain(*cert_and_key)
     return ctx
 
 
@@ -156,13 +174,9 @@ async def fetch_peer_cert(host: str, port: int, timeout: float) -> bytes:
     Only for recording a discovered server as pending: the caller must check that its SHA-256
     (``device_id_of``) is the ID the server announced. Nothing is sent over this connection.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
     try:
         async with asyncio.timeout(timeout):
-            _reader, writer = await asyncio.open_connection(host, port, ssl=ctx)
+            _reader, writer = await asyncio.open_connection(host, port, ssl=client_tls(None))
     except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
         raise UpstreamUnavailable(
             f"cannot fetch the certificate of {host}:{port}: {exc!r}"

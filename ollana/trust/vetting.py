@@ -22,6 +22,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ollana.config import bracketed
 from ollana.discovery.peers import Peer
 from ollana.errors import UpstreamUnavailable
 from ollana.ratelimit import RateLimiter
@@ -201,7 +202,7 @@ class ServerVetting:
         if not allowed:
             return
         me = self._devices.identity
-        url = f"https://{_url_host(address)}:{port}{HELLO_PATH}"
+        url = f"https://{bracketed(address)}:{port}{HELLO_PATH}"
         try:
             async with self._session.post(
                 url, data=encode_hello(me, self._hostname), headers={"Content-Type": "application/json"},
@@ -266,7 +267,3 @@ class ServerVetting:
 
 def _pem(der: bytes) -> str:
     return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
-def _url_host(address: str) -> str:
-    return f"[{address}]" if ":" in address else address

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from ollana.errors import UpstreamUnavailable
+from ollana.service.control import own_tls
 from ollana.trust import identity
 from ollana.trust.identity import Identity, device_id_of
 from ollana.trust.tls import (
@@ -252,3 +253,15 @@ def test_context_settings(ids: dict[str, Identity]) -> None:
     for ctx in (srv, cli):
         assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
         assert ctx.verify_flags & ssl.VERIFY_X509_PARTIAL_CHAIN
+
+
+async def test_ollana_status_reaches_its_own_node_with_the_nodes_key(ids: dict[str, Identity]) -> None:
+    server = ids["server"]
+    ctx = own_tls({"cert_file": str(server.cert_path), "key_file": str(server.key_path)})
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2 and not ctx.check_hostname
+    async with serving(server_context(server, [server.cert_pem])) as srv:
+        answer, seen, _ = await exchange(srv.port, ctx)
+        assert answer == b"ok hi\n" and seen == server.device_id
+        assert await srv.seen.get() == server.device_id  # it presented the node's own certificate
+    async with serving(server_context(ids["impostor"], [server.cert_pem])) as srv:
+        assert isinstance(await refused(srv.port, ctx), ssl.SSLError)  # pinned to the node's key
