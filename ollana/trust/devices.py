@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from ollana.trust import identity as ident
+from ollana.trust.decisions import Standing, standing
 from ollana.trust.identity import Identity
 from ollana.trust.store import TrustStore
 
@@ -49,9 +50,9 @@ class DeviceTrust:
     def device_id(self) -> str:
         return self.identity.device_id
 
-    def is_allowed(self, device_id: str | None) -> bool:
-        """An enabled, allowed device; this device itself counts (whoever holds our key is us)."""
-        return device_id is not None and (device_id == self.identity.device_id or self.store.is_allowed(device_id))
+    def standing(self, device_id: str | None) -> Standing:
+        """Who ``device_id`` (None: no certificate) is to this device, by the allow list."""
+        return standing(device_id, self.identity.device_id, self.store.entry(device_id) if device_id else None)
 
     def poll(self) -> bool:
         """Write what the node learned (throttled), re-read the file; True if the allowed set changed."""

@@ -18,6 +18,7 @@ from aiohttp import web
 from ollana.httpserver import Listener
 from ollana.proxy.answers import error, json_response
 from ollana.ratelimit import RateLimiter
+from ollana.trust.decisions import Refusal, anchors, hello_reply, must_cut, refusal
 from ollana.trust.devices import DeviceTrust
 from ollana.trust.document import PeerKind
 from ollana.trust.identity import grouped, short
@@ -51,50 +52,35 @@ class Gate:
         self._bad_hellos = RateLimiter(REFUSAL_LOG_PERIOD)
 
     def _anchors(self) -> list[str]:
-        # Disabled and pending clients complete the handshake too, so the per-request check can tell
-        # them why they are refused (and their device ID); their requests never go further.
         store = self._devices.store
-        known = [d.cert_pem for d in store.allowed()]
-        pending = [p.cert_pem for p in store.pending() if p.kind is PeerKind.CLIENT]
-        return [self._devices.identity.cert_pem, *known, *pending]
+        return anchors(self._devices.identity.cert_pem, store.allowed(), store.pending())
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         transport = request.transport
         device_id = peer_device_id(transport.get_extra_info("ssl_object") if transport is not None else None)
         if request.path == HELLO_PATH:
             return await self._hello(request)
-        if device_id is not None and self._devices.is_allowed(device_id):
+        refused = refusal(
+            device_id, self._devices.standing(device_id),
+            hostname=self._hostname, server_short=self._devices.identity.short,
+        )
+        if refused is None:
+            assert device_id is not None  # admitted devices presented a certificate
             self._devices.store.touch_last_seen(device_id, self._devices.wall())
             return await self._inner(request)
-        return self._refuse(request, device_id)
+        return self._refuse(request, device_id, refused)
 
     # -- refusals ----------------------------------------------------------------------------
 
-    def _refuse(self, request: web.BaseRequest, device_id: str | None) -> web.Response:
-        me = self._devices.identity
-        if device_id is None:
-            message = (
-                f"ollana: the server on {self._hostname} serves only paired devices (trust mode devices) "
-                "and this connection presented no device certificate; run `ollana serve` on your machine "
-                "(it introduces itself), then pair: on each machine `ollana device pending` and "
-                f"`ollana device allow ID` (this server is {me.short})"
-            )
-        else:
-            known = any(d.device_id == device_id for d in self._devices.store.allowed())
-            message = (
-                f"ollana: this device ({grouped(device_id)}) is "
-                f"{'disabled' if known else 'not allowed'} on the server on "
-                f"{self._hostname}; there, run `ollana device allow {short(device_id)}`"
-            )
+    def _refuse(self, request: web.BaseRequest, device_id: str | None, refused: Refusal) -> web.Response:
         allowed, suppressed = self._refusals.allow(f"{request.remote}/{device_id}", self._devices.wall())
         if allowed:
             log.warning(
                 "request_refused", device_id=grouped(device_id) if device_id else None,
                 address=request.remote, method=request.method, path=request.path,
-                reason="device not allowed" if device_id else "no device certificate",
-                suppressed=suppressed or None,
+                reason=refused.reason, suppressed=suppressed or None,
             )
-        return error(request, 403, message, not_forwarded=True)
+        return error(request, 403, refused.message, not_forwarded=True)
 
     # -- the hello ---------------------------------------------------------------------------
 
@@ -116,26 +102,21 @@ class Gate:
             if allowed:
                 log.info("hello_refused", address=request.remote, reason=str(exc))
             return error(request, 400, f"ollana: {exc}", not_forwarded=True)
-        me = self._devices.identity
-        if self._devices.is_allowed(hello.device_id):
-            return json_response(200, {"status": "allowed", "device_id": hello.device_id, "server_device_id": me.device_id})
-        store = self._devices.store
-        new = store.record_pending(
-            hello.device_id, hello.cert_pem, hello.hostname, str(request.remote or ""), PeerKind.CLIENT, self._devices.wall(),
+        reply = hello_reply(
+            hello.device_id, self._devices.standing(hello.device_id),
+            server_id=self._devices.device_id, hostname=self._hostname,
         )
-        if new:
+        if reply.record_pending and self._devices.store.record_pending(
+            hello.device_id, hello.cert_pem, hello.hostname, str(request.remote or ""), PeerKind.CLIENT,
+            self._devices.wall(),
+        ):
             self._anchors_stale = True  # applied by the next poll: at most two rebuilds a second
             log.info(
                 "device_pending", kind="client", device_id=grouped(hello.device_id),
                 hostname=hello.hostname, address=request.remote,
                 hint=f"ollana device allow {short(hello.device_id)}",
             )
-        return json_response(202, {
-            "status": "pending",
-            "device_id": hello.device_id,
-            "server_device_id": me.device_id,
-            "hint": f"on {self._hostname} run `ollana device allow {short(hello.device_id)}`",
-        })
+        return json_response(reply.status, reply.body)
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -149,7 +130,7 @@ class Gate:
         cut: dict[str, int] = {}
         for transport in listener.transports():
             device_id = peer_device_id(transport.get_extra_info("ssl_object"))
-            if device_id is not None and not self._devices.is_allowed(device_id):
+            if device_id is not None and must_cut(self._devices.standing(device_id)):
                 # Aborting the connection cancels its handler, which closes the request to Ollama.
                 transport.abort()
                 cut[device_id] = cut.get(device_id, 0) + 1

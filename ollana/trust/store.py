@@ -125,6 +125,10 @@ class TrustStore:
         entry = self._allowed.get(device_id) if device_id else None
         return entry is not None and entry.enabled
 
+    def entry(self, device_id: str) -> AllowedDevice | None:
+        """The device's entry in the allow list (enabled or not); None if it has none."""
+        return self._allowed.get(device_id)
+
     def cert_of(self, device_id: str) -> str | None:
         """The certificate of an enabled, allowed device; None otherwise."""
         entry = self._allowed.get(device_id)

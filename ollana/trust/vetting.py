@@ -14,21 +14,19 @@ from __future__ import annotations
 import math
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
 import structlog
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from ollana.config import bracketed
 from ollana.discovery.peers import Peer
 from ollana.errors import UpstreamUnavailable
 from ollana.ratelimit import RateLimiter
+from ollana.trust.decisions import Belief, Standing, Verdict, belief, due, genuine, presented
 from ollana.trust.devices import DeviceTrust
 from ollana.trust.document import PeerKind
-from ollana.trust.identity import device_id_of, grouped, short
+from ollana.trust.identity import grouped, short
 from ollana.trust.tls import HELLO_PATH, client_context, encode_hello, fetch_peer_cert
 
 log = structlog.get_logger(__name__)
@@ -42,12 +40,6 @@ HELLO_GAP: Final = 30.0
 MAX_VERDICTS: Final = 1024
 
 Where = tuple[str, int, str]  # (address, port, announced device ID)
-
-
-@dataclass(frozen=True, slots=True)
-class _Verdict:
-    genuine: bool
-    at: float
 
 
 class ServerVetting:
@@ -66,9 +58,10 @@ class ServerVetting:
         self._timeout = timeout
         self._clock = clock
         self._contexts: dict[str, ssl.SSLContext] = {}
-        self._verdicts: dict[Where, _Verdict] = {}
-        self._attempts = RateLimiter(RETRY_GAP)
-        self._hellos = RateLimiter(HELLO_GAP)
+        self._verdicts: dict[Where, Verdict] = {}
+        # When a check of "address:port/device ID" last started, and when each server last got our hello.
+        self._checked_at: dict[str, float] = {}
+        self._hello_at: dict[str, float] = {}
         # Warnings said once per key (address, device) for the process' life, bounded in memory.
         self._warned = RateLimiter(math.inf)
         self._refusing: set[str] = set()
@@ -102,14 +95,12 @@ class ServerVetting:
 
     def verdict(self, address: str, port: int, device_id: str) -> bool | None:
         """True: that address proved it holds the device's key; False: it did not; None: check it."""
-        got = self._verdicts.get((address, port, device_id))
-        if got is None or self._clock() - got.at > VERDICT_TTL:
-            return None
-        return got.genuine
+        got = belief(self._verdicts.get((address, port, device_id)), self._clock(), VERDICT_TTL)
+        return None if got is Belief.CHECK else got is Belief.GENUINE
 
     def may_check(self, address: str, port: int, device_id: str) -> bool:
-        allowed, _ = self._attempts.allow(f"{address}:{port}/{device_id}", self._clock())
-        return allowed
+        """May a check start now (at most one per RETRY_GAP each)? If so, it counts as started."""
+        return _note_if_due(self._checked_at, f"{address}:{port}/{device_id}", self._clock(), RETRY_GAP)
 
     async def check(self, address: str, port: int, announced: str, hostname: str) -> bool:
         """Read the certificate at ``address``: does it belong to the announced device?
@@ -121,20 +112,19 @@ class ServerVetting:
         except UpstreamUnavailable as exc:
             log.debug("server_check_failed", address=address, port=port, error=str(exc))
             return False
-        actual = device_id_of(der)
-        genuine = actual == announced
-        try:
-            pem = _pem(der)
-        except ValueError:
-            genuine = False
-        if len(self._verdicts) >= MAX_VERDICTS:
-            self._verdicts.clear()
-        self._verdicts[(address, port, announced)] = _Verdict(genuine, self._clock())
-        if not genuine:
-            self.impostor(address, port, announced, actual)
+        cert = presented(der)
+        pem = cert.cert_pem if genuine(cert, announced) else None
+        if pem is None:
+            self.impostor(address, port, announced, cert.device_id)
             return False
-        await self.introduce(address, port, actual, pem, hostname)
+        self._record((address, port, announced), proved=True)
+        await self.introduce(address, port, announced, pem, hostname)
         return True
+
+    def _record(self, where: Where, *, proved: bool) -> None:
+        if where not in self._verdicts and len(self._verdicts) >= MAX_VERDICTS:
+            self._verdicts.clear()  # bounded memory under a flood of addresses
+        self._verdicts[where] = Verdict(proved, self._clock())
 
     async def learn(self, peer: Peer) -> None:
         """A static peer (--peer) announces nothing: its device is the one its certificate names."""
@@ -148,16 +138,15 @@ class ServerVetting:
                     hint="in trust mode devices the server must run `ollana serve` with --trust devices (TLS)",
                 )
             return
-        try:
-            pem = _pem(der)
-        except ValueError:
+        cert = presented(der)
+        if cert.cert_pem is None:
             return
-        peer.device_id = device_id_of(der)
-        await self.introduce(peer.endpoint.host, peer.endpoint.port, peer.device_id, pem, peer.hostname)
+        peer.device_id = cert.device_id
+        await self.introduce(peer.endpoint.host, peer.endpoint.port, cert.device_id, cert.cert_pem, peer.hostname)
 
     def impostor(self, address: str, port: int, announced: str, actual: str | None) -> None:
         """A host at ``address`` claims a device whose key it does not hold: warn once per address."""
-        self._verdicts[(address, port, announced)] = _Verdict(False, self._clock())
+        self._record((address, port, announced), proved=False)
         allowed, _ = self._warned.allow(f"impostor/{address}", self._clock())
         if allowed:
             log.warning(
@@ -173,14 +162,14 @@ class ServerVetting:
 
     async def introduce(self, address: str, port: int, device_id: str, cert_pem: str, hostname: str) -> None:
         """A genuine server: if it is not allowed yet, record it as pending and say hello."""
-        store = self._devices.store
-        if store.is_allowed(device_id) or device_id == self._devices.device_id:
+        who = self._devices.standing(device_id)
+        if who.admitted:
             return
-        if device_id in {d.device_id for d in store.allowed()}:
+        if who is Standing.DISABLED:
             self._say_once(f"disabled/{device_id}", "server_disabled", device_id, address, port, hostname,
                            reason="this device disabled it", hint=f"ollana device allow {short(device_id)}")
             return
-        new = store.record_pending(device_id, cert_pem, hostname, address, PeerKind.SERVER, self._devices.wall())
+        new = self._devices.store.record_pending(device_id, cert_pem, hostname, address, PeerKind.SERVER, self._devices.wall())
         if new:
             log.info("device_pending", kind="server", device_id=grouped(device_id), hostname=hostname,
                      address=f"{address}:{port}", hint=f"ollana device allow {short(device_id)}")
@@ -198,8 +187,7 @@ class ServerVetting:
         Without our certificate in the handshake (the server would refuse it), but pinned to the
         server's: the introduction goes to that device only. At most once per HELLO_GAP each.
         """
-        allowed, _ = self._hellos.allow(device_id, self._clock())
-        if not allowed:
+        if not _note_if_due(self._hello_at, device_id, self._clock(), HELLO_GAP):
             return
         me = self._devices.identity
         url = f"https://{bracketed(address)}:{port}{HELLO_PATH}"
@@ -265,5 +253,11 @@ class ServerVetting:
         )
 
 
-def _pem(der: bytes) -> str:
-    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode("ascii")
+def _note_if_due(last: dict[str, float], key: str, now: float, gap: float) -> bool:
+    """Decide (``due``), then note it as done now; bounded memory under a flood of keys."""
+    if not due(last.get(key), now, gap):
+        return False
+    if key not in last and len(last) >= MAX_VERDICTS:
+        last.clear()
+    last[key] = now
+    return True
