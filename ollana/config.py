@@ -117,6 +117,15 @@ class Config:
         return Endpoint("0.0.0.0", PROXY_DEFAULT_PORT)
 
 
+def parse_parallel(text: str | None) -> int:
+    """OLLAMA_NUM_PARALLEL as Ollama reads it: a positive integer; unset, empty or invalid is 1."""
+    try:
+        value = int((text or "").strip())
+    except ValueError:
+        return 1
+    return min(value, 1024) if value > 0 else 1
+
+
 def parse_port(text: str, *, what: str = "port") -> int:
     try:
         port = int(text)

@@ -28,6 +28,7 @@ from ollana.config import (
     default_state_dir,
     parse_endpoint,
     parse_ollama_host,
+    parse_parallel,
 )
 from ollana.errors import ConfigError, StartupError, print_error
 from ollana.service import control, daemon, pidfile
@@ -87,6 +88,9 @@ def cli() -> None:
 @click.option("--trust", type=click.Choice([t.value for t in Trust]), default="devices", show_default=True,
               help="devices: mutual TLS, only paired devices (`ollana device pending`, `ollana device allow`). "
                    "open: plain HTTP, anyone on the network may use the server and read prompts.")
+@click.option("--parallel", type=click.IntRange(1, 1024), metavar="N",
+              help="Server: requests one loaded model serves at once, told to clients for routing. "
+                   "Default: OLLAMA_NUM_PARALLEL if set, else 1 (Ollama's default).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), envvar="OLLANA_HOME",
               help="Where ollana keeps its state [env: OLLANA_HOME].")
 @click.option("--log-format", type=click.Choice([f.value for f in LogFormat]), default="auto", show_default=True,
@@ -154,6 +158,7 @@ def build_config(opts: Mapping[str, Any], env: Mapping[str, str], *, is_root: bo
         state_dir=Path(state_dir),
         log_format=LogFormat(opts.get("log_format") or "auto"),
         trust=Trust(opts.get("trust") or "devices"),
+        parallel=opts.get("parallel") or parse_parallel(env.get("OLLAMA_NUM_PARALLEL")),
         timings=timings,
     )
 

@@ -51,6 +51,7 @@ class Tag(enum.IntEnum):
     OLLANA_VERSION = 10
     DEVICE_ID = 11
     TRUST = 12
+    CATALOG_GEN = 13
 
 
 NODE_ID_LEN: Final = 16
@@ -84,6 +85,9 @@ class Heartbeat:
     # serves only devices it allowed. ``open``: plain HTTP, no device checks.
     trust: str = TRUST_OPEN
     device_id: bytes | None = None
+    # The generation (u32 fingerprint) of the server's model catalogue: a client refetches
+    # GET /ollana/v1/catalog when it changes. None from servers that publish no catalogue.
+    catalog_gen: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +148,8 @@ def encode(packet: Packet) -> bytes:
         fields.append((Tag.TRUST, _u("!B", _TRUST_CODES[packet.trust])))
         if packet.device_id is not None:
             fields.append((Tag.DEVICE_ID, packet.device_id))
+        if packet.catalog_gen is not None:
+            fields.append((Tag.CATALOG_GEN, _u("!I", packet.catalog_gen & 0xFFFFFFFF)))
     elif isinstance(packet, Goodbye):
         kind = Kind.GOODBYE
     else:
@@ -241,6 +247,9 @@ def decode(data: bytes) -> Packet:
         trust = _TRUST_NAMES[code]
     device_id = _need(fields, Tag.DEVICE_ID, DEVICE_ID_LEN) if Tag.DEVICE_ID in fields else None
     _check_trust(trust, device_id, scheme)
+    catalog_gen = None
+    if Tag.CATALOG_GEN in fields:
+        (catalog_gen,) = struct.unpack("!I", _need(fields, Tag.CATALOG_GEN, 4))
     return Heartbeat(
         node_id=node_id,
         instance_id=instance_id,
@@ -254,4 +263,5 @@ def decode(data: bytes) -> Packet:
         address=address,
         trust=trust,
         device_id=device_id,
+        catalog_gen=catalog_gen,
     )

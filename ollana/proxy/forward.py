@@ -38,6 +38,9 @@ class Target:
     host_header: str
     # For an https upstream: the context that pins the peer's certificate (trust mode devices).
     tls: ssl.SSLContext | None = None
+    # Its catalogue lists the model the request names: a 404 "not found" from it means the
+    # catalogue was stale, and the request may be tried on another server.
+    listed: bool = False
 
     def url_for(self, raw_path: str) -> yarl.URL:
         # raw_path keeps the client's exact percent-encoding and query string.
@@ -49,21 +52,34 @@ class BodySource:
 
     Bodies up to ``replay_limit`` bytes with a known length are read once and kept, so a request
     whose server failed before answering can be sent to another one. Larger bodies stream; they
-    can be replayed only while not a byte of them has been sent.
+    can be replayed only while not a byte of them has been sent. ``peek`` reads the first chunk
+    of a streamed body ahead (where a request names its model), holding no more than that.
     """
 
     def __init__(self, request: web.BaseRequest, replay_limit: int) -> None:
         self._request = request
         self._limit = replay_limit
         self._buffer: bytes | None = None
+        self._head = b""
         self._consumed = False
 
-    async def prepare(self) -> None:
+    async def prepare(self, *, peek: bool = False) -> None:
         length = self._request.content_length
         if not self._request.body_exists:
             self._buffer = b""
         elif length is not None and length <= self._limit:
             self._buffer = await self._request.content.readexactly(length)
+        elif peek:
+            self._head = await self._request.content.readany()
+
+    @property
+    def whole(self) -> bool:
+        return self._buffer is not None
+
+    @property
+    def head(self) -> bytes:
+        """The whole body when kept, else what was peeked (maybe nothing)."""
+        return self._buffer if self._buffer is not None else self._head
 
     @property
     def replayable(self) -> bool:
@@ -75,6 +91,9 @@ class BodySource:
         return self._stream()
 
     async def _stream(self) -> AsyncIterator[bytes]:
+        if self._head:
+            self._consumed = True
+            yield self._head
         async for chunk in self._request.content.iter_any():
             self._consumed = True
             yield chunk
@@ -125,21 +144,29 @@ class Relayed:
     broken: str | None = None
 
 
-async def relay(request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> Relayed:
+def declared_length(upstream: aiohttp.ClientResponse) -> int | None:
+    length = upstream.headers.get("Content-Length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
+async def relay(
+    request: web.BaseRequest, upstream: aiohttp.ClientResponse, mark: tuple[str, str] | None = None
+) -> Relayed:
     """Stream the upstream response to the client, chunk by chunk, as it arrives.
 
     A stream the upstream breaks is never passed off as complete: an NDJSON stream gets a final
     ``{"error": ...}`` line, as Ollama itself does; anything else has its connection aborted so
-    the client sees a truncated message rather than a short one.
+    the client sees a truncated message rather than a short one. ``mark``: a header to add.
     """
-    length = upstream.headers.get("Content-Length")
-    declared = int(length) if length is not None and length.isdigit() else None
+    declared = declared_length(upstream)
     if declared is not None and declared <= SMALL_BODY and request.method != "HEAD" and upstream.status >= 200:
-        small = await _relay_small(upstream)
-        if small is not None:
-            return small
+        body = await read_small(upstream)
+        if body is not None:
+            return small_response(upstream, body, mark)
     out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     out.headers.extend(response_headers(upstream.headers))
+    if mark is not None:
+        out.headers[mark[0]] = mark[1]
     if declared is not None and upstream.status not in _NO_BODY_STATUSES:
         out.content_length = declared
     result = Relayed(out)
@@ -172,7 +199,7 @@ async def relay(request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> R
         raise
 
 
-async def _relay_small(upstream: aiohttp.ClientResponse) -> Relayed | None:
+async def read_small(upstream: aiohttp.ClientResponse) -> bytes | None:
     """Read a small, length-delimited body whole; None if the upstream broke it (the caller's
     streaming path then reports the break the usual way)."""
     try:
@@ -184,8 +211,14 @@ async def _relay_small(upstream: aiohttp.ClientResponse) -> Relayed | None:
         upstream.close()
         raise
     upstream.release()
-    out = web.Response(status=upstream.status, reason=upstream.reason, body=body,
-                       headers=response_headers(upstream.headers))
+    return body
+
+
+def small_response(upstream: aiohttp.ClientResponse, body: bytes, mark: tuple[str, str] | None = None) -> Relayed:
+    headers = response_headers(upstream.headers)
+    if mark is not None:
+        headers[mark[0]] = mark[1]
+    out = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
     return Relayed(out, len(body))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -17,8 +17,19 @@ import structlog
 from aiohttp import web
 
 from ollana.errors import UpstreamUnavailable
+from ollana.fleet.asks import Ask, classify, read_body
 from ollana.proxy.answers import NOT_FORWARDED, error, json_response
-from ollana.proxy.forward import BodySource, Target, open_upstream, refuse_non_origin_form, relay
+from ollana.proxy.forward import (
+    SMALL_BODY,
+    BodySource,
+    Target,
+    declared_length,
+    open_upstream,
+    read_small,
+    refuse_non_origin_form,
+    relay,
+    small_response,
+)
 from ollana.runtime import upstream_timeout
 
 log = structlog.get_logger(__name__)
@@ -30,15 +41,26 @@ STATUS_PATH = "/ollana/v1/status"
 class Route(Protocol):
     """Where a role sends requests."""
 
-    async def targets(self) -> list[Target]:
-        """Targets in the order to try them (may wait briefly for one to appear)."""
+    @property
+    def replays(self) -> bool:
+        """Whether bodies are kept (up to the replay limit) to try another target."""
 
-    def begin(self, target: Target) -> None: ...
+    async def answer(self, request: web.BaseRequest, ask: Ask) -> web.StreamResponse | None:
+        """An answer without forwarding (the client's merged lists; no server at all), or None.
+        May wait briefly for a server to appear."""
 
-    def end(self, target: Target, *, ok: bool) -> None:
-        """``ok``: the target answered (whatever the status)."""
+    def targets(self, request: web.BaseRequest, ask: Ask) -> list[Target] | web.StreamResponse:
+        """Targets in the order to try them, or the answer when the request cannot be routed."""
+
+    def begin(self, target: Target, ask: Ask) -> None: ...
+
+    def end(self, target: Target, ask: Ask, status: int | None) -> None:
+        """``status``: what the target answered (None: it could not be reached)."""
 
     def failed(self, target: Target, reason: str) -> None: ...
+
+    def stale(self, target: Target, ask: Ask) -> None:
+        """The target said it has no such model although its catalogue listed it."""
 
     def unavailable(self, request: web.BaseRequest, tried: list[str]) -> web.Response:
         """The answer when no target could be reached."""
@@ -53,14 +75,16 @@ class ProxyHandler:
         self,
         session: aiohttp.ClientSession,
         route: Route,
-        status: StatusDocument,
+        own: Mapping[str, StatusDocument],
         *,
         connect_timeout: float,
         replay_limit: int,
+        mark: tuple[str, str] | None = None,
     ) -> None:
         self._session = session
         self._route = route
-        self._status = status
+        self._own_documents = own
+        self._mark = mark  # a header every forwarded answer carries (the server's name)
         self._timeout = upstream_timeout(connect_timeout)  # built once, not per request
         self._replay_limit = replay_limit
         # Bound once for the node's life (logging is configured by then): the per-request line
@@ -98,50 +122,78 @@ class ProxyHandler:
 
     def _own(self, request: web.BaseRequest) -> web.Response:
         """ollana's own endpoints, answered here and never forwarded."""
-        if request.path.rstrip("/") != STATUS_PATH:
+        document = self._own_documents.get(request.path.rstrip("/"))
+        if document is None:
             return error(request, 404, f"no such ollana endpoint: {request.path}")
         if request.method not in ("GET", "HEAD"):
             return error(request, 405, "method not allowed")
-        return json_response(200, self._status())
+        return json_response(200, document())
 
     async def _forward(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str, int, str | None]:
-        targets = await self._route.targets()
-        if targets and request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        route = self._route
+        ask = classify(request.method, request.path)
+        early = await route.answer(request, ask)
+        if early is not None:
+            return early, "-", 0, None
+        if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
             # The low-level server does not answer Expect itself; without this, curl pauses a
             # second before every large upload. Sent only once there is somewhere to forward to.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = BodySource(request, self._replay_limit if len(targets) > 1 else 0)
+        body = BodySource(request, self._replay_limit if route.replays else 0)
         try:
-            await body.prepare()
+            await body.prepare(peek=ask.body_names_model)
         except asyncio.IncompleteReadError as exc:
             reason = f"request body ended after {len(exc.partial)} of {exc.expected} bytes"
             return error(request, 400, reason), "-", 0, reason
+        if ask.body_names_model and "Content-Encoding" not in request.headers:
+            ask = read_body(ask, body.head, whole=body.whole)
+        targets = route.targets(request, ask)
+        if not isinstance(targets, list):
+            return targets, "-", 0, None
         tried: list[str] = []
+        retried = False
         for index, target in enumerate(targets):
             last = index == len(targets) - 1
             tried.append(target.key)
-            self._route.begin(target)
-            ok = False
+            route.begin(target, ask)
+            status: int | None = None
             try:
                 try:
                     upstream = await open_upstream(
                         self._session, request, target, body, timeout=self._timeout
                     )
                 except UpstreamUnavailable as exc:
-                    self._route.failed(target, str(exc))
+                    route.failed(target, str(exc))
                     if body.replayable and not last:
                         log.info("failover", peer=target.key, reason=str(exc))
                         continue
-                    return self._route.unavailable(request, tried), target.key, 0, None
-                ok = True
-                if upstream.headers.get(NOT_FORWARDED) and not last and body.replayable:
+                    return route.unavailable(request, tried), target.key, 0, None
+                status = upstream.status
+                may_retry = not last and body.replayable
+                if upstream.headers.get(NOT_FORWARDED) and may_retry:
                     # The next hop could not reach its Ollama; the request went nowhere yet.
                     upstream.close()
-                    self._route.failed(target, f"answered {upstream.status} without forwarding")
+                    route.failed(target, f"answered {upstream.status} without forwarding")
                     log.info("failover", peer=target.key, reason=f"status {upstream.status}")
                     continue
-                relayed = await relay(request, upstream)
+                if status == 404 and target.listed and not retried and may_retry:
+                    small = await self._small_body(upstream)
+                    if small is not None and b"not found" in small:
+                        retried = True
+                        route.stale(target, ask)
+                        log.info("failover", peer=target.key, reason="model not found there (stale catalogue)")
+                        continue
+                    if small is not None:
+                        answer = small_response(upstream, small, self._mark)
+                        return answer.response, target.key, answer.body_bytes, None
+                relayed = await relay(request, upstream, self._mark)
                 return relayed.response, target.key, relayed.body_bytes, relayed.broken
             finally:
-                self._route.end(target, ok=ok)
-        return self._route.unavailable(request, tried), "-", 0, None
+                route.end(target, ask, status)
+        return route.unavailable(request, tried), "-", 0, None
+
+    @staticmethod
+    async def _small_body(upstream: aiohttp.ClientResponse) -> bytes | None:
+        """The body of a small, length-delimited answer, read whole (None: large, or broken)."""
+        declared = declared_length(upstream)
+        return await read_small(upstream) if declared is not None and declared <= SMALL_BODY else None

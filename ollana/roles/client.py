@@ -12,134 +12,25 @@ from typing import Any
 
 import aiohttp
 import structlog
-from aiohttp import web
 
 from ollana.config import Role, Trust
 from ollana.discovery.packet import TRUST_DEVICES, Goodbye, Heartbeat, Packet, Probe
 from ollana.discovery.peers import Change, ChangeKind, Peer, PeerTable, Source
 from ollana.discovery.service import Discovery, interfaces_status
 from ollana.errors import UpstreamUnavailable
+from ollana.fleet.catalog import CATALOG_PATH, MAX_DOCUMENT, Catalog
+from ollana.fleet.view import FleetView
 from ollana.httpserver import listening
-from ollana.proxy.answers import error
-from ollana.proxy.forward import Target
-from ollana.proxy.handler import ProxyHandler
+from ollana.proxy.handler import STATUS_PATH, ProxyHandler
 from ollana.proxy.headers import is_from_ollana
 from ollana.ratelimit import RateLimiter
+from ollana.roles.client_route import ClientRoute, log_change
 from ollana.runtime import Ready, Runtime
 from ollana.trust.identity import id_from_bytes
 from ollana.trust.tls import PeerIdentityMismatch, check_peer, fetch_peer_cert
 from ollana.trust.vetting import ServerVetting
 
 log = structlog.get_logger(__name__)
-
-
-def log_change(change: Change | None) -> None:
-    if change is None:
-        return
-    p = change.peer
-    fields = {"peer": p.key, "hostname": p.hostname or None, "address": str(p.endpoint), "source": p.source.value}
-    if change.kind in (ChangeKind.UNHEALTHY, ChangeKind.EXPIRED):
-        log.warning(f"peer_{change.kind.value}", **fields)
-    else:
-        log.info(f"peer_{change.kind.value}", **fields)
-
-
-def target_of(peer: Peer, tls: ssl.SSLContext | None = None) -> Target:
-    return Target(peer.key, peer.url, str(peer.endpoint), tls)
-
-
-class OpenPolicy:
-    """Trust mode open: every server is usable, over plain HTTP."""
-
-    def usable(self, peer: Peer) -> bool:
-        return True
-
-    def context(self, peer: Peer) -> ssl.SSLContext | None:
-        return None
-
-    def unpaired_hint(self, peers: list[Peer]) -> str | None:
-        return None
-
-    def refusing(self, peer: Peer) -> bool:
-        return False
-
-
-class ClientRoute:
-    """Routes to the peers in the table, waiting a short grace for discovery when none is known.
-
-    Only the servers the policy allows are used (trust mode devices: paired ones, each over a
-    context pinned to its certificate).
-    """
-
-    def __init__(
-        self,
-        table: PeerTable,
-        clock: Callable[[], float],
-        grace: float,
-        probe: Callable[[], None],
-        policy: OpenPolicy | ServerVetting | None = None,
-    ) -> None:
-        self._table = table
-        self._clock = clock
-        self._grace = grace
-        self._probe = probe
-        self._policy = policy or OpenPolicy()
-        self.peer_added = asyncio.Event()
-        # The request tasks in flight per peer, so that disabling a server cuts its streams.
-        self._inflight: dict[str, set[asyncio.Task[Any]]] = {}
-
-    async def targets(self) -> list[Target]:
-        if not len(self._table):
-            self._probe()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.peer_added.wait(), self._grace)
-        policy = self._policy
-        return [
-            target_of(p, policy.context(p)) for p in self._table.candidates(self._clock()) if policy.usable(p)
-        ]
-
-    def begin(self, target: Target) -> None:
-        self._table.begin(target.key)
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.setdefault(target.key, set()).add(task)
-
-    def cut(self, key: str) -> int:
-        """Cancel the requests in flight to a peer (it was disabled); returns how many."""
-        tasks = self._inflight.pop(key, set())
-        for task in tasks:
-            task.cancel()
-        return len(tasks)
-
-    def end(self, target: Target, *, ok: bool) -> None:
-        self._table.end(target.key)
-        tasks = self._inflight.get(target.key)
-        if tasks is not None:
-            tasks.discard(asyncio.current_task())
-            if not tasks:
-                del self._inflight[target.key]
-        peer = self._table.get(target.key)
-        if ok and peer is not None and not self._policy.refusing(peer):
-            # (A server that refuses this device answers too, but is not healthy for it.)
-            log_change(self._table.mark_healthy(target.key, None, self._clock()))
-            self._table.settle(target.key)
-
-    def failed(self, target: Target, reason: str) -> None:
-        log.info("peer_request_failed", peer=target.key, reason=reason)
-        log_change(self._table.mark_failed(target.key, self._clock()))
-
-    def unavailable(self, request: web.BaseRequest, tried: list[str]) -> web.Response:
-        if not tried:
-            hint = self._policy.unpaired_hint(list(self._table))
-            if hint is not None:
-                return error(request, 503, hint, not_forwarded=True)
-            return error(
-                request, 503,
-                f"no Ollama server found on the LAN (waited {self._grace:g} s for discovery); "
-                "run `ollana serve` on a machine with Ollama, or pass --peer HOST:PORT",
-                not_forwarded=True,
-            )
-        return error(request, 502, f"no Ollama server on the LAN answered (tried {', '.join(tried)})", not_forwarded=True)
 
 
 class ClientNode:
@@ -153,7 +44,10 @@ class ClientNode:
                 rt.devices, rt.session, hostname=rt.node.hostname,
                 timeout=rt.config.timings.health_timeout, clock=rt.clock,
             )
-        self._route = ClientRoute(self._table, rt.clock, rt.config.timings.no_peer_grace, self._probe, self._vetting)
+        self._view = FleetView()
+        self._fetching: dict[str, asyncio.Task[None]] = {}
+        self._route = ClientRoute(self._table, self._view, rt.clock, rt.config.timings.no_peer_grace,
+                                  self._probe, self._fetch_catalog, self._announced, self._vetting)
         self._listen = rt.config.listen_for(Role.CLIENT)
         self._check_now = asyncio.Event()
         self._last_probe = -1e9
@@ -165,7 +59,7 @@ class ClientNode:
     async def run(self, shutdown: asyncio.Event, ready: Callable[[Ready], None]) -> None:
         cfg = self._rt.config
         handler = ProxyHandler(
-            self._rt.session, self._route, self._status,
+            self._rt.session, self._route, {STATUS_PATH: self._status},
             connect_timeout=cfg.timings.connect_timeout, replay_limit=cfg.replay_limit,
         )
         devices_mode = cfg.trust is Trust.DEVICES
@@ -208,8 +102,55 @@ class ClientNode:
         if change.kind in (ChangeKind.ADDED, ChangeKind.RESTARTED, ChangeKind.MOVED):
             self._route.peer_added.set()
             self._check_now.set()
-        elif not len(self._table):
-            self._route.peer_added.clear()
+            if change.kind is ChangeKind.RESTARTED:
+                self._view.forget(change.peer.key)  # a new process: its old counts mean nothing
+        elif change.kind in (ChangeKind.REMOVED, ChangeKind.EXPIRED):
+            self._view.forget(change.peer.key)
+            if not len(self._table):
+                self._route.peer_added.clear()
+
+    # -- catalogues ------------------------------------------------------------------------
+
+    def _announced(self, peer: Peer | None, generation: int | None = None) -> None:
+        """A server said which catalogue it has: fetch it if it is not the one held."""
+        if peer is None or not self._route_policy_usable(peer) or not self._view.announced(peer.key, generation):
+            return
+        if peer.key in self._fetching or self._tg is None:
+            return
+        key = peer.key
+
+        async def fetch() -> None:
+            try:
+                await self._fetch_catalog(peer)
+            finally:
+                self._fetching.pop(key, None)
+
+        self._fetching[key] = self._tg.create_task(fetch())
+
+    async def _fetch_catalog(self, peer: Peer) -> None:
+        tls = self._vetting.context(peer) if self._vetting is not None else None
+        if self._vetting is not None and tls is None:
+            return
+        timeout = aiohttp.ClientTimeout(total=self._rt.config.timings.health_timeout)
+        try:
+            async with self._rt.session.get(
+                peer.url + CATALOG_PATH, timeout=timeout, ssl=tls if tls is not None else True,
+            ) as resp:
+                if resp.status == 404:
+                    return  # an older ollana: no catalogue; its requests go the home way
+                if resp.status != 200:
+                    raise ValueError(f"status {resp.status}")
+                if (resp.content_length or 0) > MAX_DOCUMENT:
+                    raise ValueError("catalogue too large")
+                catalog = Catalog.from_document(await resp.json(content_type=None))
+        except (TimeoutError, aiohttp.ClientError, ValueError, OSError) as exc:
+            log.debug("catalog_fetch_failed", peer=peer.key, error=str(exc) or type(exc).__name__)
+            return
+        if self._table.get(peer.key) is None:
+            return  # gone while we asked
+        if self._view.fetched(peer.key, catalog, self._view.own_now(peer.key)):
+            log.debug("catalog_fetched", peer=peer.key, generation=catalog.generation,
+                      models=len(catalog.models), loaded=len(catalog.loaded))
 
     # -- discovery -------------------------------------------------------------------------
 
@@ -234,14 +175,19 @@ class ClientNode:
             self._trust_mismatch(hb, source, now)
             return
         if self._vetting is None or hb.device_id is None:
-            self._apply(self._table.observe(hb, source, now))
+            self._observe(hb, source, now)
             return
         device_id = id_from_bytes(hb.device_id)
         verdict = self._vetting.verdict(source, hb.proxy_port, device_id)
         if verdict:
-            self._apply(self._table.observe(hb, source, now, device_id))
+            self._observe(hb, source, now, device_id)
         elif verdict is None:
             self._start_check(hb, source, device_id)
+
+    def _observe(self, hb: Heartbeat, source: str, now: float, device_id: str | None = None) -> None:
+        self._apply(self._table.observe(hb, source, now, device_id))
+        if hb.catalog_gen is not None:
+            self._announced(self._table.get(hb.node_id.hex()), hb.catalog_gen)
 
     def _trust_mismatch(self, hb: Heartbeat, source: str, now: float) -> None:
         allowed, _ = self._mismatch.allow(hb.node_id.hex(), now)
@@ -269,7 +215,7 @@ class ClientNode:
         async def check() -> None:
             try:
                 if await vetting.check(source, hb.proxy_port, device_id, hb.hostname):
-                    self._apply(self._table.observe(hb, source, self._rt.clock(), device_id))
+                    self._observe(hb, source, self._rt.clock(), device_id)
             except Exception:  # whatever a remote host sends, the node must go on
                 log.exception("server_check_crashed", address=f"{source}:{hb.proxy_port}")
             finally:
@@ -353,6 +299,10 @@ class ClientNode:
         if isinstance(body, dict):
             peer.hostname = peer.hostname or str(body.get("hostname", ""))
         log_change(self._table.mark_healthy(peer.key, rtt_ms, self._rt.clock()))
+        catalog = body.get("catalog") if isinstance(body, dict) else None
+        generation = catalog.get("generation") if isinstance(catalog, dict) else None
+        if isinstance(generation, int) or self._view.catalog(peer.key) is None:
+            self._announced(peer, generation if isinstance(generation, int) else None)
 
     # -- ollana's own endpoints -----------------------------------------------------------
 
@@ -361,7 +311,7 @@ class ClientNode:
         body: dict[str, Any] = self._rt.base_status(Role.CLIENT, self._listen)
         body["current_peer"] = self._table.current
         usable = self._route_policy_usable
-        body["peers"] = [{**p.status(now), "paired": usable(p)} for p in self._table]
+        body["peers"] = [{**p.status(now), "paired": usable(p), **self._view.summary(p.key)} for p in self._table]
         body["interfaces"] = interfaces_status(self._discovery)
         return body
 

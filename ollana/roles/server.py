@@ -16,14 +16,17 @@ from ollana.config import Role
 from ollana.discovery.net import Interface
 from ollana.discovery.packet import TRUST_DEVICES, TRUST_OPEN, Goodbye, Heartbeat, Packet, Probe
 from ollana.discovery.service import Discovery, interfaces_status
+from ollana.fleet.asks import Ask, Kind
+from ollana.fleet.catalog import CATALOG_PATH, OWN_REQUEST, SERVER_HEADER
+from ollana.fleet.keeper import CatalogKeeper
 from ollana.httpserver import Listener, listening
 from ollana.proxy.answers import error
 from ollana.proxy.forward import Target
-from ollana.proxy.handler import ProxyHandler
+from ollana.proxy.handler import STATUS_PATH, ProxyHandler
 from ollana.proxy.headers import is_from_ollana
 from ollana.runtime import Ready, Runtime
 from ollana.trust.gate import Gate
-from ollana.trust.identity import id_to_bytes
+from ollana.trust.identity import id_to_bytes, short
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +51,7 @@ class OllamaHealth:
         """Check once; returns True when the up/down state changed."""
         was = self.up
         try:
-            async with self._session.get(self._url, timeout=self._timeout) as resp:
+            async with self._session.get(self._url, timeout=self._timeout, headers=OWN_REQUEST) as resp:
                 if resp.status != 200 or is_from_ollana(resp.headers):
                     raise ValueError(f"status {resp.status}" if resp.status != 200 else "that is an ollana, not an Ollama")
                 body = await resp.json(content_type=None)
@@ -60,22 +63,39 @@ class OllamaHealth:
 
 
 class ServerRoute:
-    def __init__(self, target: Target, health: OllamaHealth) -> None:
+    """Every request goes to the local Ollama; requests in flight are counted per model."""
+
+    replays = False
+
+    def __init__(self, target: Target, health: OllamaHealth, keeper: CatalogKeeper) -> None:
         self._target = target
         self._health = health
+        self._keeper = keeper
 
-    async def targets(self) -> list[Target]:
+    async def answer(self, request: web.BaseRequest, ask: Ask) -> web.StreamResponse | None:
+        return None
+
+    def targets(self, request: web.BaseRequest, ask: Ask) -> list[Target]:
         return [self._target]
 
-    def begin(self, target: Target) -> None:
-        pass
+    def begin(self, target: Target, ask: Ask) -> None:
+        if ask.kind is Kind.INFER:
+            self._keeper.begin(ask.model)
 
-    def end(self, target: Target, *, ok: bool) -> None:
-        pass
+    def end(self, target: Target, ask: Ask, status: int | None) -> None:
+        # Using a model may load or unload one; managing one changes the list.
+        changes = ask.kind in (Kind.INFER, Kind.MANAGE) and status is not None
+        if ask.kind is Kind.INFER:
+            self._keeper.end(ask.model, changed=changes)
+        elif changes:
+            self._keeper.poke()
 
     def failed(self, target: Target, reason: str) -> None:
         log.warning("upstream_unreachable", upstream=target.base_url, reason=reason)
         self._health.poked.set()
+
+    def stale(self, target: Target, ask: Ask) -> None:
+        pass
 
     def unavailable(self, request: web.BaseRequest, tried: list[str]) -> web.Response:
         url = self._target.base_url
@@ -90,7 +110,8 @@ class ServerNode:
         cfg = rt.config
         self._health = OllamaHealth(rt.session, cfg.ollama_url, cfg.timings.health_timeout)
         upstream_host = cfg.ollama_url.split("://", 1)[1].split("/", 1)[0]
-        self._route = ServerRoute(Target("ollama", cfg.ollama_url, upstream_host), self._health)
+        self._keeper = CatalogKeeper(rt.session, cfg.ollama_url, cfg.parallel, cfg.timings.health_timeout)
+        self._route = ServerRoute(Target("ollama", cfg.ollama_url, upstream_host), self._health, self._keeper)
         self._discovery: Discovery | None = None
         self._listen = cfg.listen_for(Role.SERVER)
         self._announcing = False
@@ -103,8 +124,8 @@ class ServerNode:
     async def run(self, shutdown: asyncio.Event, ready: Callable[[Ready], None]) -> None:
         cfg = self._rt.config
         handler = ProxyHandler(
-            self._rt.session, self._route, self._status,
-            connect_timeout=cfg.timings.connect_timeout, replay_limit=0,
+            self._rt.session, self._route, {STATUS_PATH: self._status, CATALOG_PATH: self._catalog},
+            connect_timeout=cfg.timings.connect_timeout, replay_limit=0, mark=(SERVER_HEADER, self.label),
         )
         served: Callable[[web.BaseRequest], Any] = handler
         if self._rt.devices is not None:
@@ -129,7 +150,7 @@ class ServerNode:
                     cert_file=str(me.cert_path) if me else None, key_file=str(me.key_path) if me else None,
                 ))
                 async with asyncio.TaskGroup() as tg:
-                    tasks = [tg.create_task(self._announce_loop())]
+                    tasks = [tg.create_task(self._announce_loop()), tg.create_task(self._keeper.run())]
                     if self._rt.devices is not None:
                         tasks.append(tg.create_task(self._rt.devices.watch(cfg.timings.trust_poll, self._trust_tick, self._rt.reload)))
                     await shutdown.wait()
@@ -140,6 +161,13 @@ class ServerNode:
                 if self._discovery is not None:
                     self._discovery.close()
             log.info("stopped", role="server", grace_s=cfg.timings.grace)
+
+    @property
+    def label(self) -> str:
+        """How this server names itself to people: host name and short device (or node) ID."""
+        devices = self._rt.devices
+        ident = short(devices.device_id) if devices is not None else self._rt.node.node_id.hex()[:7]
+        return f"{self._rt.node.hostname} ({ident})"
 
     @property
     def _scheme(self) -> str:
@@ -169,6 +197,7 @@ class ServerNode:
             address=iface.address,
             trust=TRUST_OPEN if self._device_id is None else TRUST_DEVICES,
             device_id=self._device_id,
+            catalog_gen=self._keeper.catalog.generation if self._keeper.fresh else None,
         )
 
     def _say_goodbye(self) -> None:
@@ -215,6 +244,9 @@ class ServerNode:
 
     # -- ollana's own endpoints -----------------------------------------------------------
 
+    def _catalog(self) -> dict[str, Any]:
+        return self._keeper.catalog.document()
+
     def _status(self) -> dict[str, Any]:
         body: dict[str, Any] = self._rt.base_status(Role.SERVER, self._listen)
         body["upstream"] = {
@@ -224,6 +256,15 @@ class ServerNode:
             "error": self._health.last_error or None,
         }
         body["announcing"] = self._announcing
+        body["label"] = self.label
+        catalog = self._keeper.catalog
+        body["catalog"] = {
+            "generation": catalog.generation if self._keeper.fresh else None,
+            "slots": catalog.capacity,
+            "inflight": sum(catalog.inflight.values()),
+            "models": len(catalog.models),
+            "loaded": len(catalog.loaded),
+        }
         body["interfaces"] = interfaces_status(self._discovery)
         return body
 

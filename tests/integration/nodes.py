@@ -12,6 +12,7 @@ from pathlib import Path
 from ollana import app
 from ollana.config import Config, Endpoint, Mode, Timings, Trust
 from ollana.runtime import Ready
+from tests.fakeollama import FakeOllama, RequestRecord
 
 FAST = Timings(heartbeat_interval=0.2, detect_timeout=0.5, connect_timeout=1.0, no_peer_grace=0.3,
                health_timeout=0.5, grace=2.0)
@@ -64,3 +65,9 @@ async def client_for(*servers: str, **kw: object) -> AsyncIterator[str]:
     peers = tuple(Endpoint("127.0.0.1", int(s.rsplit(":", 1)[1])) for s in servers)
     async with running(config(Mode.CLIENT, static_peers=peers, **kw)) as r:
         yield url(r)
+
+
+def from_apps(fake: FakeOllama) -> list[RequestRecord]:
+    """What reached a fake Ollama from apps, leaving out the server's own requests (health
+    checks and catalogue refreshes, which say ``User-Agent: ollana/...``)."""
+    return [r for r in fake.requests if not (r.header("User-Agent") or "").startswith("ollana/")]

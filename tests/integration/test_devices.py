@@ -22,14 +22,13 @@ from ollana.trust.document import PeerKind
 from ollana.trust.store import TrustStore
 from ollana.trust.tls import HELLO_PATH, client_context, encode_hello
 from tests.fakeollama import FakeOllama
-from tests.integration.nodes import client_for, server_for
+from tests.integration.nodes import client_for, from_apps, server_for
 
 TIMEOUT = 5.0
 
 
 def forwarded(fake: FakeOllama) -> list[str]:
-    """What reached the fake besides the server's own health checks."""
-    return [r.path for r in fake.requests if r.path != "/api/version"]
+    return [r.path for r in from_apps(fake)]
 
 
 async def until(what: str, check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
@@ -76,23 +75,23 @@ async def test_pairing_then_use_then_disable_cuts_an_open_stream(
             # the other as pending, and nothing went to Ollama.
             await until("server pending on the client", lambda: server_id in pending(cdir, PeerKind.SERVER))
             await until("client pending on the server", lambda: client_id in pending(sdir, PeerKind.CLIENT))
-            status, body = await get(cli + "/api/tags")
+            status, body = await get(cli + "/api/version")
             assert status == 503 and "none is paired" in body["error"], body
             assert server_id[:7] in body["error"]
             assert forwarded(f) == []
 
             # Allowed on the client only: the server refuses it, naming its ID and the command.
             allow(cdir, server_id)
-            status, body = await _until_status(cli + "/api/tags", 403)
+            status, body = await _until_status(cli + "/api/version", 403)
             assert f"ollana device allow {client_id[:7]}" in body["error"], body
             assert forwarded(f) == []
 
             # Allowed on both sides: it works within 2 s.
             allowed_at = time.monotonic()
             allow(sdir, client_id)
-            await _until_status(cli + "/api/tags", 200)
+            await _until_status(cli + "/api/version", 200)
             assert time.monotonic() - allowed_at < 2.0
-            assert forwarded(f) == ["/api/tags"]
+            assert forwarded(f) == ["/api/version"]
             listed = {d.device_id: d for d in TrustStore.load(sdir).allowed()}
             assert listed[client_id].enabled
 

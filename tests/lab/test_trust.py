@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import pytest
 
+from ollana import __version__
 from tests.lab.netns import Host, Lab
 from tests.lab.ollanalan import (
     INTERVAL,
@@ -84,11 +85,13 @@ def app_get(host: Host, path: str = "/api/tags") -> dict[str, Any]:
 
 
 def forwarded(server: Host) -> list[str]:
-    """Paths that reached the server's fake Ollama, besides its own health checks."""
+    """Paths that reached the server's fake Ollama, besides the server's own requests (health
+    checks and catalogue refreshes, which say User-Agent: ollana/...)."""
     res = server.python(
         "import httpx;print(httpx.get('http://127.0.0.1:11434/_fake/requests',timeout=5).text)"
     )
-    return [r["path"] for r in json.loads(res.stdout) if r["path"] != "/api/version"]
+    own = [["User-Agent", f"ollana/{__version__}"], ["user-agent", f"ollana/{__version__}"]]
+    return [r["path"] for r in json.loads(res.stdout) if not any(h in own for h in r["headers"])]
 
 
 def probe(client: Host, server: Host, *, with_key: bool) -> dict[str, Any]:

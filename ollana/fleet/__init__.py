@@ -1,0 +1,1 @@
+"""Many Ollama servers as one: catalogues, the merged view, routing by model."""

@@ -1,0 +1,164 @@
+"""The client's view of the fleet: each server's catalogue and what this client has in flight.
+
+State only, no I/O and no clock reads: the client role fetches catalogues and hands them in,
+asks ``decide`` where a request goes, and reports requests beginning and ending.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from ollana.discovery.peers import Peer
+from ollana.fleet import merge
+from ollana.fleet.asks import Ask
+from ollana.fleet.catalog import Catalog
+from ollana.fleet.names import model_key
+from ollana.fleet.routing import Decision, Server, decide
+
+# How long a blob is remembered on the server that received it (the create that uses it
+# usually follows within seconds; a large upload may take many minutes).
+BLOB_MEMORY: Final = 30 * 60.0
+MAX_BLOBS: Final = 4096
+
+
+@dataclass(slots=True)
+class Known:
+    """One server's catalogue as last fetched, and this client's counts at that moment."""
+
+    catalog: Catalog
+    generation: int
+    own_at_fetch: dict[str, int] = field(default_factory=dict)
+
+
+class FleetView:
+    def __init__(self) -> None:
+        self._known: dict[str, Known] = {}
+        # Announced generations not fetched yet (from heartbeats or status answers).
+        self._announced: dict[str, int] = {}
+        self._own: dict[str, Counter[str]] = {}
+        self._sticky: dict[str, str] = {}
+        self._blobs: dict[str, tuple[str, float]] = {}
+
+    # -- catalogues ------------------------------------------------------------------------
+
+    def announced(self, key: str, generation: int | None) -> bool:
+        """A server said its catalogue's generation; True when it should be fetched."""
+        if generation is not None:
+            self._announced[key] = generation
+        known = self._known.get(key)
+        if known is None or known.generation < 0:  # never fetched, or found stale
+            return True
+        return generation is not None and generation != known.generation
+
+    def fetched(self, key: str, catalog: Catalog, own_at_fetch: dict[str, int]) -> bool:
+        """Store a fetched catalogue; True when it differs from the one held."""
+        before = self._known.get(key)
+        self._known[key] = Known(catalog, catalog.generation, own_at_fetch)
+        return before is None or before.generation != catalog.generation
+
+    def own_now(self, key: str) -> dict[str, int]:
+        """This client's requests in flight to ``key`` per model (snapshot for ``fetched``)."""
+        return dict(self._own.get(key, {}))
+
+    def catalog(self, key: str) -> Catalog | None:
+        known = self._known.get(key)
+        return known.catalog if known is not None else None
+
+    def forget(self, key: str) -> None:
+        self._known.pop(key, None)
+        self._announced.pop(key, None)
+        self._own.pop(key, None)
+        for model in [m for m, k in self._sticky.items() if k == key]:
+            del self._sticky[model]
+
+    def stale(self, key: str, model: str) -> None:
+        """``key`` said it has no ``model`` although its catalogue listed it: believe it until
+        the next fetch."""
+        known = self._known.get(key)
+        if known is None:
+            return
+        cat = known.catalog
+        models = tuple(e for e in cat.models if _key(e) != model)
+        loaded = tuple(e for e in cat.loaded if _key(e) != model)
+        known.catalog = replace(cat, models=models, loaded=loaded)
+        known.generation = -1  # refetch at the next announcement, whatever it says
+        if self._sticky.get(model) == key:
+            del self._sticky[model]
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def decide(self, ask: Ask, peers: Sequence[Peer], home: Sequence[str], now: float) -> Decision:
+        servers = [self._server(p) for p in peers]
+        decision = decide(ask, servers, home, sticky=self._sticky, affinity=self._affinity(now))
+        if decision.stick is not None and ask.model:
+            self._sticky[ask.model] = decision.stick
+        return decision
+
+    def _server(self, peer: Peer) -> Server:
+        known = self._known.get(peer.key)
+        return Server(
+            peer.key, peer.healthy, peer.rtt_ms,
+            known.catalog if known is not None else None,
+            self._own.get(peer.key, {}),
+            known.own_at_fetch if known is not None else {},
+        )
+
+    def begin(self, key: str, model: str) -> None:
+        if model:
+            self._own.setdefault(key, Counter())[model] += 1
+
+    def end(self, key: str, model: str) -> None:
+        counts = self._own.get(key)
+        if model and counts is not None and counts[model] > 0:
+            counts[model] -= 1
+            if not counts[model]:
+                del counts[model]
+
+    def remember_blob(self, digest: str, key: str, now: float) -> None:
+        if len(self._blobs) >= MAX_BLOBS:
+            self._affinity(now)  # prune what is old
+            while len(self._blobs) >= MAX_BLOBS:
+                del self._blobs[next(iter(self._blobs))]
+        self._blobs.pop(digest, None)
+        self._blobs[digest] = (key, now)
+
+    def _affinity(self, now: float) -> dict[str, str]:
+        for digest in [d for d, (_, t) in self._blobs.items() if now - t > BLOB_MEMORY]:
+            del self._blobs[digest]
+        return {d: k for d, (k, _) in self._blobs.items()}
+
+    # -- the merged lists ------------------------------------------------------------------
+
+    def catalogs(self, keys: Iterable[str]) -> list[Catalog]:
+        return [k.catalog for key in keys if (k := self._known.get(key)) is not None]
+
+    def merged(self, what: str, keys: Iterable[str]) -> dict[str, Any]:
+        catalogs = self.catalogs(keys)
+        if what == "ps":
+            return merge.ps(catalogs)
+        if what == "models":
+            return merge.openai_models(catalogs)
+        return merge.tags(catalogs)
+
+    def summary(self, key: str) -> dict[str, Any]:
+        """For the status document and ``ollana peers``."""
+        known = self._known.get(key)
+        own = sum(self._own.get(key, {}).values())
+        if known is None:
+            return {"catalog": None, "own_inflight": own}
+        cat = known.catalog
+        return {
+            "catalog": known.generation,
+            "slots": cat.capacity,
+            "inflight": sum(cat.inflight.values()),
+            "own_inflight": own,
+            "models": [str(e.get("name")) for e in cat.models],
+            "loaded": [str(e.get("name")) for e in cat.loaded],
+        }
+
+
+def _key(entry: dict[str, Any]) -> str:
+    return model_key(str(entry.get("name", "")))
