@@ -5,13 +5,16 @@ lock file, then an atomic replace, so concurrent writers never lose each other's
 never see half a file. A running node polls ``reload_if_changed`` (one stat) and learns of ``allow``
 and ``disable`` within one poll; what it records itself (pending devices, last seen) is throttled,
 so a flood of connection attempts cannot turn into a flood of disk writes.
+
+What a change makes of the document, and whether a write is due, is decided in ``edits.py``
+(pure); the file's format is ``document.py``; this module holds the state and does the I/O.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -28,9 +31,17 @@ from ollana.trust.document import (
     PendingDevice,
     decode,
     encode,
-    sanitize_label,
 )
-from ollana.trust.identity import ID_LEN, device_id_of_pem, grouped, parse_prefix, short
+from ollana.trust.edits import (
+    allowing,
+    anchors_changed,
+    disabling,
+    may_write,
+    merged,
+    overflow,
+    pending_entry,
+    persist_due,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -49,14 +60,6 @@ T = TypeVar("T")
 
 class TrustStoreError(ConfigError):
     """devices.json cannot be read, parsed or written."""
-
-
-class UnknownDevice(ConfigError):
-    """No device (allowed or pending, as the operation needs) matches the given ID."""
-
-
-class AmbiguousDeviceId(ConfigError):
-    """A prefix matches more than one device."""
 
 
 # (st_mtime_ns, st_ino, st_size) of devices.json; None when the file does not exist.
@@ -159,22 +162,13 @@ class TrustStore:
         if device_id in self._allowed:
             return False
         old = self._pending.get(device_id)
-        if (old is None or old.cert_pem != cert_pem) and device_id_of_pem(cert_pem) != device_id:
-            raise ValueError(f"certificate does not match device ID {device_id}")
-        entry = PendingDevice(
-            device_id=device_id,
-            hostname=sanitize_label(hostname),
-            address=sanitize_label(address),
-            cert_pem=cert_pem,
-            kind=kind,
-            first_seen=min(old.first_seen, now) if old else now,
-            last_seen=now,
+        self._pending[device_id] = self._unsaved_pending[device_id] = pending_entry(
+            old, device_id, cert_pem, hostname, address, kind, now
         )
-        self._pending[device_id] = entry
-        self._unsaved_pending[device_id] = entry
-        _bound_pending(self._pending, self._max_pending)
-        _bound_pending(self._unsaved_pending, self._max_pending)
-        self._persist_if_due(device_id, now)
+        self._bound(self._pending)
+        self._bound(self._unsaved_pending)
+        if self._write_due(device_id, now):
+            self._write_unsaved(now)
         return old is None
 
     def touch_last_seen(self, device_id: str, now: float) -> None:
@@ -183,13 +177,14 @@ class TrustStore:
             return
         self._allowed[device_id] = replace(entry, last_seen=now)
         self._unsaved_seen[device_id] = now
-        self._persist_if_due(device_id, now)
+        if self._write_due(device_id, now):
+            self._write_unsaved(now)
 
     def flush(self, now: float) -> bool:
         """Write what throttling held back, if the write gap allows. Call it from the poll loop."""
-        if self._too_soon(now):
+        if not may_write(self._last_write, now, self._write_gap):
             return False
-        if not any(self._due(d, now) for d in [*self._unsaved_seen, *self._unsaved_pending]):
+        if not any(self._persist_due(d, now) for d in [*self._unsaved_seen, *self._unsaved_pending]):
             return False
         return self._write_unsaved(now)
 
@@ -199,23 +194,11 @@ class TrustStore:
         """Allow a pending device (its certificate comes along) or re-enable an allowed one."""
 
         def change(allowed: Allowed, pending: Pending) -> AllowedDevice:
-            device_id = resolve_prefix(id_or_prefix, [*allowed, *pending], hint=_PENDING_HINT)
-            label = sanitize_label(name) if name and name.strip() else None
-            if device_id in allowed:
-                old = allowed[device_id]
-                allowed[device_id] = replace(old, enabled=True, name=label or old.name)
-            else:
-                seen = pending.pop(device_id)
-                allowed[device_id] = AllowedDevice(
-                    device_id=device_id,
-                    name=label or seen.hostname or short(device_id),
-                    cert_pem=seen.cert_pem,
-                    added_at=now,
-                    last_seen=seen.last_seen,
-                    enabled=True,
-                )
-            self._unsaved_pending.pop(device_id, None)
-            return allowed[device_id]
+            entry = allowing(id_or_prefix, name, now, allowed, pending)
+            allowed[entry.device_id] = entry
+            pending.pop(entry.device_id, None)
+            self._unsaved_pending.pop(entry.device_id, None)
+            return entry
 
         return self._mutate(change)
 
@@ -223,32 +206,23 @@ class TrustStore:
         """Disable an allowed device: the node refuses it and closes its connections."""
 
         def change(allowed: Allowed, pending: Pending) -> AllowedDevice:
-            try:
-                device_id = resolve_prefix(id_or_prefix, allowed, hint="see `ollana device list`")
-            except UnknownDevice:
-                if any(d.startswith(parse_prefix(id_or_prefix)) for d in pending):
-                    raise UnknownDevice(
-                        f"{id_or_prefix} is pending, not allowed: there is nothing to disable"
-                    ) from None
-                raise
-            allowed[device_id] = replace(allowed[device_id], enabled=False)
-            return allowed[device_id]
+            entry = disabling(id_or_prefix, allowed, pending)
+            allowed[entry.device_id] = entry
+            return entry
 
         return self._mutate(change)
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _persist_if_due(self, device_id: str, now: float) -> None:
-        if self._due(device_id, now) and not self._too_soon(now):
-            self._write_unsaved(now)
+    def _write_due(self, device_id: str, now: float) -> bool:
+        return self._persist_due(device_id, now) and may_write(self._last_write, now, self._write_gap)
 
-    def _due(self, device_id: str, now: float) -> bool:
-        last = self._persisted_at.get(device_id)
-        # A clock that went backwards makes everything due rather than nothing.
-        return last is None or not 0 <= now - last < self._persist_interval
+    def _persist_due(self, device_id: str, now: float) -> bool:
+        return persist_due(self._persisted_at.get(device_id), now, self._persist_interval)
 
-    def _too_soon(self, now: float) -> bool:
-        return self._last_write is not None and 0 <= now - self._last_write < self._write_gap
+    def _bound(self, pending: Pending) -> None:
+        for device_id in overflow(pending, self._max_pending):
+            del pending[device_id]
 
     def _write_unsaved(self, now: float) -> bool:
         written = [*self._unsaved_seen, *self._unsaved_pending]
@@ -275,9 +249,9 @@ class TrustStore:
             raise TrustStoreError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
         with self._locked():
             _signature, allowed, pending = self._read_disk()
-            self._merge_unsaved(allowed, pending)
+            allowed, pending = self._with_unsaved(allowed, pending)
             result = change(allowed, pending)
-            _bound_pending(pending, self._max_pending)
+            self._bound(pending)
             signature = self._write(allowed, pending)
         self._unsaved_seen.clear()
         self._unsaved_pending.clear()
@@ -296,23 +270,12 @@ class TrustStore:
         finally:
             os.close(fd)  # releases the lock
 
-    def _merge_unsaved(self, allowed: Allowed, pending: Pending) -> None:
-        for device_id, seen in self._unsaved_seen.items():
-            entry = allowed.get(device_id)
-            if entry is not None and (entry.last_seen is None or entry.last_seen < seen):
-                allowed[device_id] = replace(entry, last_seen=seen)
-        for device_id, new in self._unsaved_pending.items():
-            if device_id in allowed:
-                continue  # allowed meanwhile (by the CLI): no longer pending
-            old = pending.get(device_id)
-            pending[device_id] = (
-                replace(new, first_seen=min(old.first_seen, new.first_seen)) if old else new
-            )
-        _bound_pending(pending, self._max_pending)
+    def _with_unsaved(self, allowed: Allowed, pending: Pending) -> tuple[Allowed, Pending]:
+        return merged(allowed, pending, self._unsaved_seen, self._unsaved_pending, self._max_pending)
 
     def _install(self, signature: _Signature, allowed: Allowed, pending: Pending) -> None:
-        self._merge_unsaved(allowed, pending)
-        if _anchor_view(allowed) != _anchor_view(self._allowed):
+        allowed, pending = self._with_unsaved(allowed, pending)
+        if anchors_changed(self._allowed, allowed):
             self._allowed_changed = True
         self._signature, self._allowed, self._pending = signature, allowed, pending
 
@@ -363,34 +326,3 @@ class TrustStore:
             raise TrustStoreError(f"cannot write {self.path}: {exc.strerror}") from exc
         return (st.st_mtime_ns, st.st_ino, st.st_size)
 
-
-_PENDING_HINT: Final = (
-    "run `ollana device pending` after the other side has tried to connect "
-    "(its `ollana serve` must be running)"
-)
-
-
-def resolve_prefix(text: str, device_ids: Iterable[str], *, hint: str = "") -> str:
-    """The one ID among ``device_ids`` that ``text`` (a full ID or a prefix of >= 7) names."""
-    prefix = parse_prefix(text)
-    matches = sorted({d for d in device_ids if d.startswith(prefix)})
-    if not matches:
-        what = "device" if len(prefix) == ID_LEN else "device whose ID starts with"
-        raise UnknownDevice(f"no {what} {grouped(prefix)}" + (f"; {hint}" if hint else ""))
-    if len(matches) > 1:
-        raise AmbiguousDeviceId(
-            f"{grouped(prefix)} matches {len(matches)} devices ("
-            + ", ".join(grouped(m) for m in matches)
-            + "); give more characters"
-        )
-    return matches[0]
-
-
-def _anchor_view(allowed: Allowed) -> frozenset[tuple[str, str, bool]]:
-    return frozenset((d.device_id, d.cert_pem, d.enabled) for d in allowed.values())
-
-
-def _bound_pending(pending: Pending, limit: int) -> None:
-    if len(pending) > limit:
-        for entry in sorted(pending.values(), key=lambda e: e.last_seen)[: len(pending) - limit]:
-            del pending[entry.device_id]

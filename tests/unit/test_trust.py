@@ -17,14 +17,9 @@ from click.testing import CliRunner
 from ollana.cli import device as cli_device
 from ollana.trust import identity
 from ollana.trust.document import PeerKind
+from ollana.trust.edits import AmbiguousDeviceId, UnknownDevice, resolve_prefix
 from ollana.trust.identity import InvalidDeviceId, device_id_of_pem, grouped
-from ollana.trust.store import (
-    AmbiguousDeviceId,
-    TrustStore,
-    TrustStoreError,
-    UnknownDevice,
-    resolve_prefix,
-)
+from ollana.trust.store import TrustStore, TrustStoreError
 
 
 class Dev:
