@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -11,8 +12,9 @@ from contextlib import AsyncExitStack
 import aiohttp
 import structlog
 
-from ollana.config import Config, Mode, Role, Trust
+from ollana.config import Config, Endpoint, Mode, Role, Trust
 from ollana.proxy.headers import is_from_ollana
+from ollana.roles.both import run_both
 from ollana.roles.client import ClientNode
 from ollana.roles.server import ServerNode
 from ollana.runtime import Node, Ready, Runtime, upstream_session
@@ -45,10 +47,28 @@ async def detect_role(config: Config, session: aiohttp.ClientSession) -> Role:
         return Role.SERVER
     if config.mode is Mode.CLIENT:
         return Role.CLIENT
+    if config.mode is Mode.BOTH:
+        return Role.BOTH
     version = await local_ollama_version(session, config.ollama_url, config.timings.detect_timeout)
-    role = Role.SERVER if version is not None else Role.CLIENT
+    if version is None:
+        role = Role.CLIENT
+    else:
+        # An Ollama on another port leaves 127.0.0.1:11434 to us: its apps can then use the fleet.
+        role = Role.BOTH if address_free(config.listen_for(Role.CLIENT)) else Role.SERVER
     log.info("role_detected", role=role.value, ollama=config.ollama_url, ollama_version=version)
     return role
+
+
+def address_free(endpoint: Endpoint) -> bool:
+    """Whether a TCP listener could bind ``endpoint`` now (nothing else listens there)."""
+    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((endpoint.host, endpoint.port))
+        except OSError:
+            return False
+    return True
 
 
 async def run(
@@ -82,5 +102,8 @@ async def run(
         )
         rt = Runtime(config=config, node=node, session=session, clock=clock, devices=devices,
                      reload=reload or asyncio.Event())
+        if role is Role.BOTH:
+            await run_both(rt, shutdown, ready)
+            return
         runner = ServerNode(rt) if role is Role.SERVER else ClientNode(rt)
         await runner.run(shutdown, ready)

@@ -28,11 +28,15 @@ class Mode(enum.Enum):
     AUTO = "auto"
     SERVER = "server"
     CLIENT = "client"
+    BOTH = "both"
 
 
 class Role(enum.Enum):
     SERVER = "server"
     CLIENT = "client"
+    # A machine with an Ollama (on another port) whose own apps use the whole fleet: the server
+    # proxy on the LAN and the client listener on 127.0.0.1:11434, in one process.
+    BOTH = "both"
 
 
 class Trust(enum.Enum):
@@ -93,8 +97,10 @@ class Timings:
 class Config:
     mode: Mode = Mode.AUTO
     ollama_url: str = f"http://127.0.0.1:{OLLAMA_DEFAULT_PORT}"
-    # None means the role's default (see ``listen_for``).
+    # None means the role's default (see ``listen_for``). In role both, ``listen`` is the client
+    # listener's and ``lan_listen`` the server proxy's.
     listen: Endpoint | None = None
+    lan_listen: Endpoint | None = None
     discovery: bool = True
     discovery_port: int = DISCOVERY_DEFAULT_PORT
     discovery_group: str = DISCOVERY_DEFAULT_GROUP

@@ -68,12 +68,17 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--mode", type=click.Choice([m.value for m in Mode]), default="auto", show_default=True,
-              help="auto: server if the local Ollama answers at start, else client.")
+              help="auto: if the local Ollama answers at start, server, or both when 127.0.0.1:11434 is free "
+                   "(Ollama on another port); else client. both: share the local Ollama and let this "
+                   "machine's apps use the whole fleet at 127.0.0.1:11434.")
 @click.option("--force-server-mode", is_flag=True, help="Same as --mode server (kept for users of the original ollana).")
 @click.option("--ollama", "ollama", metavar="URL",
               help="The local Ollama to share. Default: from OLLAMA_HOST, as Ollama reads it, else http://127.0.0.1:11434.")
 @click.option("--listen", callback=_endpoint, metavar="HOST:PORT",
               help="Where to listen. Default: 127.0.0.1:11434 as client, 0.0.0.0:11435 as server.")
+@click.option("--lan-listen", callback=_endpoint, metavar="HOST:PORT",
+              help="Role both: where the LAN proxy listens (default 0.0.0.0:11435); --listen is then the "
+                   "client listener's address.")
 @click.option("--discovery-port", type=click.IntRange(1, 65535), default=DISCOVERY_DEFAULT_PORT, show_default=True,
               help="UDP port of discovery heartbeats and probes.")
 @click.option("--multicast-group", default=DISCOVERY_DEFAULT_GROUP, show_default=True, metavar="IPV4",
@@ -150,6 +155,7 @@ def build_config(opts: Mapping[str, Any], env: Mapping[str, str], *, is_root: bo
         mode=mode,
         ollama_url=ollama_url,
         listen=opts.get("listen"),
+        lan_listen=opts.get("lan_listen"),
         discovery=not opts.get("no_discovery"),
         discovery_port=int(opts.get("discovery_port") or DISCOVERY_DEFAULT_PORT),
         discovery_group=str(opts.get("multicast_group") or DISCOVERY_DEFAULT_GROUP),

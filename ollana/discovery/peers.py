@@ -19,6 +19,7 @@ from ollana.discovery.packet import Goodbye, Heartbeat
 class Source(enum.Enum):
     MULTICAST = "multicast"
     STATIC = "static"
+    LOCAL = "local"  # role both: this machine's own Ollama
 
 
 class ChangeKind(enum.Enum):
@@ -155,11 +156,14 @@ class PeerTable:
             return None
         return self._remove(key, ChangeKind.REMOVED)
 
-    def add_static(self, endpoint: Endpoint, now: float, *, scheme: str = "http", trust: str = "open") -> Change | None:
-        key = f"static:{endpoint}"
+    def add_static(
+        self, endpoint: Endpoint, now: float, *, scheme: str = "http", trust: str = "open",
+        key: str | None = None, source: Source = Source.STATIC, hostname: str = "",
+    ) -> Change | None:
+        key = key or f"static:{endpoint}"
         if key in self._peers:
             return None
-        peer = Peer(key, endpoint, Source.STATIC, now, now, ttl=math.inf, scheme=scheme, trust=trust)
+        peer = Peer(key, endpoint, source, now, now, ttl=math.inf, scheme=scheme, trust=trust, hostname=hostname)
         self._peers[key] = peer
         return Change(ChangeKind.ADDED, peer)
 
@@ -202,7 +206,7 @@ class PeerTable:
         if rtt_ms is not None:
             # Smooth like TCP's SRTT so one slow answer does not reorder servers.
             peer.rtt_ms = rtt_ms if peer.rtt_ms is None else 0.8 * peer.rtt_ms + 0.2 * rtt_ms
-        if peer.source is Source.STATIC:
+        if peer.source is not Source.MULTICAST:
             peer.last_seen = now
         peer.failures = 0
         if not peer.healthy:

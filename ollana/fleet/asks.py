@@ -86,7 +86,7 @@ def read_body(ask: Ask, data: bytes, *, whole: bool) -> Ask:
         blobs = tuple(blob_key(str(d)) for d in files.values()) if isinstance(files, dict) else ()
         return replace(ask, model=_name_in(doc, ask.path), blobs=blobs)
     match = _LEADING_NAME.match(data)
-    if match is not None and (match.group(1) != b"source" or ask.path == "/api/copy"):
+    if match is not None and _leads(match.group(1), ask.path, whole=whole):
         try:
             return replace(ask, model=model_key(json.loads(b'"' + match.group(2) + b'"')))
         except ValueError:
@@ -96,10 +96,18 @@ def read_body(ask: Ask, data: bytes, *, whole: bool) -> Ask:
     return replace(ask, model=_name_in(_document(data), ask.path))
 
 
+def _leads(key: bytes, path: str, *, whole: bool) -> bool:
+    """Whether a leading ``key`` names the model as Ollama reads the body: a copy's ``source``;
+    else ``model``, or the older ``name`` unless the whole body (where ``model`` wins) is at hand."""
+    if path == "/api/copy":
+        return key == b"source"
+    return key == b"model" or (key == b"name" and not whole)
+
+
 def _document(data: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting recurses
         return {}
     return doc if isinstance(doc, dict) else {}
 

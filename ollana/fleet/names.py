@@ -32,4 +32,5 @@ def model_key(name: str) -> str:
 
 def namespace_of(name: str) -> str:
     """The namespace Ollama reports as ``owned_by`` in ``/v1/models``."""
-    return model_key(name).split("/")[1] if name.strip() else ""
+    key = model_key(name)
+    return key.split("/")[-2] if key else ""  # host/namespace/model:tag; a host may hold "/"

@@ -41,6 +41,8 @@ class Target:
     # Its catalogue lists the model the request names: a 404 "not found" from it means the
     # catalogue was stale, and the request may be tried on another server.
     listed: bool = False
+    # How answers from this target are marked (X-Ollana-Server), when the hop does not say it.
+    mark: str | None = None
 
     def url_for(self, raw_path: str) -> yarl.URL:
         # raw_path keeps the client's exact percent-encoding and query string.

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ollana.errors import UpstreamUnavailable
 from ollana.fleet.asks import Ask, classify, read_body
+from ollana.fleet.catalog import SERVER_HEADER
 from ollana.proxy.answers import NOT_FORWARDED, error, json_response
 from ollana.proxy.forward import (
     SMALL_BODY,
@@ -184,13 +185,16 @@ class ProxyHandler:
                         log.info("failover", peer=target.key, reason="model not found there (stale catalogue)")
                         continue
                     if small is not None:
-                        answer = small_response(upstream, small, self._mark)
+                        answer = small_response(upstream, small, self._mark_for(target))
                         return answer.response, target.key, answer.body_bytes, None
-                relayed = await relay(request, upstream, self._mark)
+                relayed = await relay(request, upstream, self._mark_for(target))
                 return relayed.response, target.key, relayed.body_bytes, relayed.broken
             finally:
                 route.end(target, ask, status)
         return route.unavailable(request, tried), "-", 0, None
+
+    def _mark_for(self, target: Target) -> tuple[str, str] | None:
+        return (SERVER_HEADER, target.mark) if target.mark is not None else self._mark
 
     @staticmethod
     async def _small_body(upstream: aiohttp.ClientResponse) -> bytes | None:

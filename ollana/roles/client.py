@@ -25,6 +25,7 @@ from ollana.proxy.handler import STATUS_PATH, ProxyHandler
 from ollana.proxy.headers import is_from_ollana
 from ollana.ratelimit import RateLimiter
 from ollana.roles.client_route import ClientRoute, log_change
+from ollana.roles.local import LOCAL_RTT_MS, LocalServer
 from ollana.runtime import Ready, Runtime
 from ollana.trust.identity import id_from_bytes
 from ollana.trust.tls import PeerIdentityMismatch, check_peer, fetch_peer_cert
@@ -34,8 +35,9 @@ log = structlog.get_logger(__name__)
 
 
 class ClientNode:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, local: LocalServer | None = None) -> None:
         self._rt = rt
+        self._local = local
         self._table = PeerTable(rt.config.timings.missed_heartbeats)
         self._discovery: Discovery | None = None
         self._vetting: ServerVetting | None = None
@@ -47,7 +49,7 @@ class ClientNode:
         self._view = FleetView()
         self._fetching: dict[str, asyncio.Task[None]] = {}
         self._route = ClientRoute(self._table, self._view, rt.clock, rt.config.timings.no_peer_grace,
-                                  self._probe, self._fetch_catalog, self._announced, self._vetting)
+                                  self._probe, self._fetch_catalog, self._announced, self._vetting, local)
         self._listen = rt.config.listen_for(Role.CLIENT)
         self._check_now = asyncio.Event()
         self._last_probe = -1e9
@@ -63,6 +65,11 @@ class ClientNode:
             connect_timeout=cfg.timings.connect_timeout, replay_limit=cfg.replay_limit,
         )
         devices_mode = cfg.trust is Trust.DEVICES
+        local = self._local
+        if local is not None:
+            self._apply(self._table.add_static(
+                local.ollama, self._rt.clock(), key=local.key, source=Source.LOCAL, hostname=local.label,
+            ))
         for endpoint in cfg.static_peers:
             self._apply(self._table.add_static(
                 endpoint, self._rt.clock(), scheme="https" if devices_mode else "http", trust=cfg.trust.value,
@@ -128,6 +135,12 @@ class ClientNode:
         self._fetching[key] = self._tg.create_task(fetch())
 
     async def _fetch_catalog(self, peer: Peer) -> None:
+        local = self._local
+        if local is not None and peer.key == local.key:
+            if not local.keeper.fresh:
+                await local.keeper.refresh()
+            self._view.fetched(peer.key, local.keeper.catalog, self._view.own_now(peer.key))
+            return
         tls = self._vetting.context(peer) if self._vetting is not None else None
         if self._vetting is not None and tls is None:
             return
@@ -263,6 +276,15 @@ class ClientNode:
                 await asyncio.wait_for(self._check_now.wait(), self._rt.config.timings.health_interval)
 
     async def _check(self, peer: Peer, timeout: aiohttp.ClientTimeout) -> None:
+        local = self._local
+        if local is not None and peer.key == local.key:
+            now = self._rt.clock()
+            if local.up():
+                log_change(self._table.mark_healthy(peer.key, LOCAL_RTT_MS, now))
+                await self._fetch_catalog(peer)
+            else:
+                log_change(self._table.mark_failed(peer.key, now))
+            return
         vetting = self._vetting
         tls: ssl.SSLContext | None = None
         if vetting is not None:
@@ -308,7 +330,8 @@ class ClientNode:
 
     def _status(self) -> dict[str, Any]:
         now = self._rt.clock()
-        body: dict[str, Any] = self._rt.base_status(Role.CLIENT, self._listen)
+        role = Role.BOTH if self._local is not None else Role.CLIENT
+        body: dict[str, Any] = self._rt.base_status(role, self._listen)
         body["current_peer"] = self._table.current
         usable = self._route_policy_usable
         body["peers"] = [{**p.status(now), "paired": usable(p), **self._view.summary(p.key)} for p in self._table]

@@ -15,12 +15,13 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
-from ollana.discovery.peers import Change, ChangeKind, Peer, PeerTable
+from ollana.discovery.peers import Change, ChangeKind, Peer, PeerTable, Source
 from ollana.fleet.asks import Ask, Kind
 from ollana.fleet.catalog import SERVER_HEADER
 from ollana.fleet.view import FleetView
 from ollana.proxy.answers import error, json_response
 from ollana.proxy.forward import Target
+from ollana.roles.local import LocalServer
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +40,9 @@ def log_change(change: Change | None) -> None:
 
 
 def target_of(peer: Peer, tls: ssl.SSLContext | None = None, *, listed: bool = False) -> Target:
-    return Target(peer.key, peer.url, str(peer.endpoint), tls, listed)
+    # This machine's own Ollama (role both) is reached directly: mark its answers here.
+    mark = peer.hostname if peer.source is Source.LOCAL else None
+    return Target(peer.key, peer.url, str(peer.endpoint), tls, listed, mark)
 
 
 class Policy(Protocol):
@@ -68,6 +71,26 @@ class OpenPolicy:
 
     def refusing(self, peer: Peer) -> bool:
         return False
+
+
+class WithLocal:
+    """Role both: this machine's own Ollama is always usable, over plain HTTP on loopback."""
+
+    def __init__(self, inner: Policy, local_key: str) -> None:
+        self._inner = inner
+        self._local = local_key
+
+    def usable(self, peer: Peer) -> bool:
+        return peer.key == self._local or self._inner.usable(peer)
+
+    def context(self, peer: Peer) -> ssl.SSLContext | None:
+        return None if peer.key == self._local else self._inner.context(peer)
+
+    def unpaired_hint(self, peers: list[Peer]) -> str | None:
+        return self._inner.unpaired_hint([p for p in peers if p.key != self._local])
+
+    def refusing(self, peer: Peer) -> bool:
+        return peer.key != self._local and self._inner.refusing(peer)
 
 
 def names_of(peer: Peer) -> list[str]:
@@ -108,6 +131,7 @@ class ClientRoute:
         fetch_now: Callable[[Peer], Awaitable[None]],
         fetch_soon: Callable[[Peer], None],
         policy: Policy | None = None,
+        local: LocalServer | None = None,
     ) -> None:
         self._table = table
         self._view = view
@@ -117,6 +141,10 @@ class ClientRoute:
         self._fetch_now = fetch_now  # a server's catalogue, awaited
         self._fetch_soon = fetch_soon  # ... in the background
         self._policy: Policy = policy or OpenPolicy()
+        if local is not None:
+            self._policy = WithLocal(self._policy, local.key)
+        # Role both: the server side counts this client's requests to the local Ollama too.
+        self._local = local
         self.peer_added = asyncio.Event()
         # The request tasks in flight per peer, so that disabling a server cuts its streams.
         self._inflight: dict[str, set[asyncio.Task[Any]]] = {}
@@ -177,6 +205,8 @@ class ClientRoute:
         self._table.begin(target.key)
         if ask.kind is Kind.INFER:
             self._view.begin(target.key, ask.model)
+            if self._local is not None and target.key == self._local.key:
+                self._local.keeper.begin(ask.model)
         task = asyncio.current_task()
         if task is not None:
             self._inflight.setdefault(target.key, set()).add(task)
@@ -192,6 +222,11 @@ class ClientRoute:
         self._table.end(target.key)
         if ask.kind is Kind.INFER:
             self._view.end(target.key, ask.model)
+        if self._local is not None and target.key == self._local.key:
+            if ask.kind is Kind.INFER:
+                self._local.keeper.end(ask.model, changed=status is not None)
+            elif ask.kind is Kind.MANAGE and status is not None:
+                self._local.keeper.poke()
         tasks = self._inflight.get(target.key)
         if tasks is not None:
             tasks.discard(asyncio.current_task())

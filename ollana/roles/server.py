@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from ollana import __version__
-from ollana.config import Role
+from ollana.config import OLLAMA_DEFAULT_PORT, Role, parse_endpoint
 from ollana.discovery.net import Interface
 from ollana.discovery.packet import TRUST_DEVICES, TRUST_OPEN, Goodbye, Heartbeat, Packet, Probe
 from ollana.discovery.service import Discovery, interfaces_status
@@ -24,6 +24,7 @@ from ollana.proxy.answers import error
 from ollana.proxy.forward import Target
 from ollana.proxy.handler import STATUS_PATH, ProxyHandler
 from ollana.proxy.headers import is_from_ollana
+from ollana.roles.local import LocalServer
 from ollana.runtime import Ready, Runtime
 from ollana.trust.gate import Gate
 from ollana.trust.identity import id_to_bytes, short
@@ -68,7 +69,7 @@ class ServerRoute:
     replays = False
 
     def __init__(self, target: Target, health: OllamaHealth, keeper: CatalogKeeper) -> None:
-        self._target = target
+        self.target = target
         self._health = health
         self._keeper = keeper
 
@@ -76,7 +77,7 @@ class ServerRoute:
         return None
 
     def targets(self, request: web.BaseRequest, ask: Ask) -> list[Target]:
-        return [self._target]
+        return [self.target]
 
     def begin(self, target: Target, ask: Ask) -> None:
         if ask.kind is Kind.INFER:
@@ -98,7 +99,7 @@ class ServerRoute:
         pass
 
     def unavailable(self, request: web.BaseRequest, tried: list[str]) -> web.Response:
-        url = self._target.base_url
+        url = self.target.base_url
         if not self._health.up:
             return error(request, 503, f"ollana: the Ollama at {url} is not answering ({self._health.last_error}); try again later", not_forwarded=True)
         return error(request, 502, f"ollana: cannot reach the Ollama at {url}", not_forwarded=True)
@@ -161,6 +162,15 @@ class ServerNode:
                 if self._discovery is not None:
                     self._discovery.close()
             log.info("stopped", role="server", grace_s=cfg.timings.grace)
+
+    def local(self) -> LocalServer:
+        """This server as the client side of role both sees it."""
+        cfg = self._rt.config
+        return LocalServer(
+            key=self._rt.node.node_id.hex(), hostname=self._rt.node.hostname, label=self.label,
+            ollama=parse_endpoint(self._route.target.host_header, default_port=OLLAMA_DEFAULT_PORT),
+            ollama_url=cfg.ollama_url, keeper=self._keeper, up=lambda: self._health.up,
+        )
 
     @property
     def label(self) -> str:
