@@ -97,8 +97,9 @@ def read_body(ask: Ask, data: bytes, *, whole: bool) -> Ask:
 
 
 def _leads(key: bytes, path: str, *, whole: bool) -> bool:
-    """Whether a leading ``key`` names the model as Ollama reads the body: a copy's ``source``;
-    else ``model``, or the older ``name`` unless the whole body (where ``model`` wins) is at hand."""
+    """Whether a leading ``key`` names the model as Ollama reads the body: a copy's
+    ``source``; else ``model``, or the older ``name`` unless the whole body is at hand (there a
+    later ``model`` wins, as in Ollama)."""
     if path == "/api/copy":
         return key == b"source"
     return key == b"model" or (key == b"name" and not whole)
@@ -107,7 +108,7 @@ def _leads(key: bytes, path: str, *, whole: bool) -> bool:
 def _document(data: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(data)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting recurses
+    except (ValueError, RecursionError):  # not JSON or UTF-8 (ValueErrors), or nested too deep
         return {}
     return doc if isinstance(doc, dict) else {}
 
