@@ -13,7 +13,7 @@ import aiohttp
 import structlog
 
 from ollana.config import Config, Endpoint, Mode, Role, Trust
-from ollana.proxy.headers import is_from_ollana
+from ollana.proxy.headers import OWN_REQUEST, is_from_ollana
 from ollana.roles.both import run_both
 from ollana.roles.client import ClientNode
 from ollana.roles.server import ServerNode
@@ -31,7 +31,9 @@ async def local_ollama_version(session: aiohttp.ClientSession, base_url: str, ti
     client proxy on 127.0.0.1:11434 does not make its own machine look like a server.
     """
     try:
-        async with session.get(base_url + "/api/version", timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        async with session.get(
+            base_url + "/api/version", timeout=aiohttp.ClientTimeout(total=timeout), headers=OWN_REQUEST
+        ) as resp:
             if resp.status != 200 or is_from_ollana(resp.headers):
                 return None
             body = await resp.json(content_type=None)

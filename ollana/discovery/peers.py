@@ -48,6 +48,8 @@ class Peer:
     # Set from heartbeats once the address was checked, or learned from a static peer's certificate.
     device_id: str | None = None
     trust: str = "open"
+    # The server's node ID (hex): a discovered server's key; learned from a static one's status.
+    node_id: str = ""
     healthy: bool = True
     rtt_ms: float | None = None
     inflight: int = 0
@@ -127,6 +129,7 @@ class PeerTable:
                 ollama_version=hb.ollama_version,
                 device_id=device_id,
                 trust=hb.trust,
+                node_id=key,
             )
             peer.addresses[source_ip] = now
             self._peers[key] = peer

@@ -15,15 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ollana import __version__
 from ollana.fleet.names import model_key
 
 CATALOG_PATH: Final = "/ollana/v1/catalog"
 # Every answer a server proxy forwards names the server (host name and short device ID); a
 # request carrying it at a client is pinned to the server it names.
 SERVER_HEADER: Final = "X-Ollana-Server"
-# What ollana's own requests to its Ollama (health checks, catalogue refreshes) say they are.
-OWN_REQUEST: Final = {"User-Agent": f"ollana/{__version__}"}
 # Bounds on what a peer's document may hold (a client parses what a server sends).
 MAX_ENTRIES: Final = 4096
 MAX_DOCUMENT: Final = 8 * 1024 * 1024

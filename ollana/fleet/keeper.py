@@ -1,5 +1,6 @@
-"""The server's catalogue of its Ollama, kept current: refreshed every few seconds, and soon
-after any request that may have changed it (a pull, a create, a model loaded or unloaded).
+"""The server's catalogue of its Ollama, kept current: refreshed before every heartbeat (the
+server's announce loop calls ``refresh``), and soon after any request that may have changed it
+(a pull, a create, a model loaded or unloaded).
 
 The server proxy sees every request its Ollama serves, so it is the one place that can count
 requests in flight per model (Ollama exposes no such count).
@@ -8,7 +9,6 @@ requests in flight per model (Ollama exposes no such count).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from dataclasses import replace
 from typing import Any, Final
@@ -16,12 +16,12 @@ from typing import Any, Final
 import aiohttp
 import structlog
 
-from ollana.fleet.catalog import OWN_REQUEST, Catalog, entries_of
+from ollana.fleet.catalog import Catalog, entries_of
+from ollana.proxy.headers import OWN_REQUEST
 
 log = structlog.get_logger(__name__)
 
-# Refresh at least this often, and at most this often after requests that change things.
-REFRESH_EVERY: Final = 5.0
+# After requests that change things, refresh at most this often.
 REFRESH_GAP: Final = 0.25
 
 
@@ -33,6 +33,9 @@ class CatalogKeeper:
         self._base = Catalog(capacity=capacity)
         self._inflight: Counter[str] = Counter()
         self._poked = asyncio.Event()
+        # A request that may have changed the lists completed since the last refresh: whoever
+        # asks for the catalogue now gets a fresh one (an app that pulls, then lists, sees it).
+        self._dirty = False
         self.fresh = False  # fetched at least once since Ollama last answered
 
     @property
@@ -48,13 +51,21 @@ class CatalogKeeper:
         if not self._inflight[model]:
             del self._inflight[model]
         if changed:
-            self._poked.set()
+            self.poke()
 
     def poke(self) -> None:
+        self._dirty = True
         self._poked.set()
+
+    async def current(self) -> Catalog:
+        """The catalogue, refreshed first if a request may have changed it since."""
+        if self._dirty or not self.fresh:
+            await self.refresh()
+        return self.catalog
 
     async def refresh(self) -> bool:
         """Read the lists from Ollama; True when they changed. Keeps the old ones on failure."""
+        self._dirty = False  # a poke while this runs makes it dirty again
         try:
             # One after another: one pooled connection serves all three.
             tags = await self._get("/api/tags")
@@ -84,10 +95,10 @@ class CatalogKeeper:
             return await resp.json(content_type=None)
 
     async def run(self) -> None:
-        """Refresh every few seconds, and shortly after each poke."""
+        """Refresh shortly after each poke."""
         while True:
-            await self.refresh()
-            self._poked.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._poked.wait(), REFRESH_EVERY)
+            await self._poked.wait()
             await asyncio.sleep(REFRESH_GAP)  # a burst of requests costs one refresh, not one each
+            self._poked.clear()
+            if self._dirty:
+                await self.refresh()

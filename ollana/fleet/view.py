@@ -41,6 +41,9 @@ class FleetView:
         self._own: dict[str, Counter[str]] = {}
         self._sticky: dict[str, str] = {}
         self._blobs: dict[str, tuple[str, float]] = {}
+        # Servers where this client changed something since their catalogue was fetched:
+        # "models" (pull, create, copy, delete, push) or "loaded" (a model used, maybe loaded).
+        self._changed: dict[str, set[str]] = {}
 
     # -- catalogues ------------------------------------------------------------------------
 
@@ -57,7 +60,17 @@ class FleetView:
         """Store a fetched catalogue; True when it differs from the one held."""
         before = self._known.get(key)
         self._known[key] = Known(catalog, catalog.generation, own_at_fetch)
+        self._changed.pop(key, None)
         return before is None or before.generation != catalog.generation
+
+    def changed_here(self, key: str, what: str) -> None:
+        """This client's request changed ``what`` on server ``key``."""
+        self._changed.setdefault(key, set()).add(what)
+
+    def outdated(self, key: str, what: str) -> bool:
+        """Whether a list of ``what`` ("models" or "loaded") needs ``key``'s catalogue fetched
+        first: this client changed it since (read your own writes)."""
+        return what in self._changed.get(key, ())
 
     def own_now(self, key: str) -> dict[str, int]:
         """This client's requests in flight to ``key`` per model (snapshot for ``fetched``)."""
@@ -71,6 +84,7 @@ class FleetView:
         self._known.pop(key, None)
         self._announced.pop(key, None)
         self._own.pop(key, None)
+        self._changed.pop(key, None)
         for model in [m for m, k in self._sticky.items() if k == key]:
             del self._sticky[model]
 

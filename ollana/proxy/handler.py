@@ -8,8 +8,9 @@ where requests may go and what to answer when nowhere works.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -67,8 +68,8 @@ class Route(Protocol):
         """The answer when no target could be reached."""
 
 
-# The role's status document (GET/HEAD /ollana/v1/status).
-StatusDocument = Callable[[], dict[str, Any]]
+# One of the role's own documents (GET/HEAD /ollana/v1/status, /ollana/v1/catalog).
+StatusDocument = Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]]
 
 
 class ProxyHandler:
@@ -100,7 +101,7 @@ class ProxyHandler:
             if refusal is not None:
                 response: web.StreamResponse = error(request, *refusal)
             elif request.path.startswith(OWN_PREFIX):
-                response = self._own(request)
+                response = await self._own(request)
             else:
                 response, target_key, sent, broken = await self._forward(request)
             status = response.status
@@ -121,14 +122,15 @@ class ProxyHandler:
             else:
                 self._log.info("request", **fields)
 
-    def _own(self, request: web.BaseRequest) -> web.Response:
+    async def _own(self, request: web.BaseRequest) -> web.Response:
         """ollana's own endpoints, answered here and never forwarded."""
         document = self._own_documents.get(request.path.rstrip("/"))
         if document is None:
             return error(request, 404, f"no such ollana endpoint: {request.path}")
         if request.method not in ("GET", "HEAD"):
             return error(request, 405, "method not allowed")
-        return json_response(200, document())
+        body = document()
+        return json_response(200, await body if inspect.isawaitable(body) else body)
 
     async def _forward(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str, int, str | None]:
         route = self._route

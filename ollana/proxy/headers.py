@@ -6,6 +6,8 @@ from typing import Final
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ollana import __version__
+
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the legacy ones Ollama itself strips when it proxies
 # (server/cloud_proxy.go), plus Expect: aiohttp answers 100-continue to our client itself.
 # Lower-case names: membership is tested on ``name.lower()`` (multidict's istr compares as str).
@@ -24,6 +26,9 @@ HOP_BY_HOP: Final = frozenset(
     )
 )
 VIA_TOKEN: Final = "ollana"
+# What ollana's own requests to its Ollama (role detection, health checks, catalogue refreshes)
+# say they are, so an Ollama's logs (and tests) tell them from apps' requests.
+OWN_REQUEST: Final = {"User-Agent": f"ollana/{__version__}"}
 VIA_VALUE: Final = f"1.1 {VIA_TOKEN}"
 
 

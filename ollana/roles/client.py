@@ -137,9 +137,7 @@ class ClientNode:
     async def _fetch_catalog(self, peer: Peer) -> None:
         local = self._local
         if local is not None and peer.key == local.key:
-            if not local.keeper.fresh:
-                await local.keeper.refresh()
-            self._view.fetched(peer.key, local.keeper.catalog, self._view.own_now(peer.key))
+            self._view.fetched(peer.key, await local.keeper.current(), self._view.own_now(peer.key))
             return
         tls = self._vetting.context(peer) if self._vetting is not None else None
         if self._vetting is not None and tls is None:
@@ -320,6 +318,7 @@ class ClientNode:
             return
         if isinstance(body, dict):
             peer.hostname = peer.hostname or str(body.get("hostname", ""))
+            peer.node_id = peer.node_id or str(body.get("node_id", ""))
         log_change(self._table.mark_healthy(peer.key, rtt_ms, self._rt.clock()))
         catalog = body.get("catalog") if isinstance(body, dict) else None
         generation = catalog.get("generation") if isinstance(catalog, dict) else None

@@ -26,6 +26,8 @@ from ollana.roles.local import LocalServer
 log = structlog.get_logger(__name__)
 
 _MERGED = {Kind.TAGS: "tags", Kind.PS: "ps", Kind.MODELS: "models"}
+# What each list shows: the models, or the loaded ones.
+_SHOWS = {Kind.TAGS: "models", Kind.PS: "loaded", Kind.MODELS: "models"}
 
 
 def log_change(change: Change | None) -> None:
@@ -102,8 +104,11 @@ def names_of(peer: Peer) -> list[str]:
 
 
 def pinned(peers: list[Peer], wanted: str) -> list[Peer]:
-    """The servers ``wanted`` names: a host name, address or key exactly, or an ID prefix."""
+    """The servers ``wanted`` names: a host name, address or key exactly, or a node or device ID
+    prefix (the short ID in an answer's X-Ollana-Server)."""
     want = wanted.strip().casefold()
+    if want.endswith(")") and "(" in want:  # an answer's own mark, "host (short id)": the ID
+        want = want[want.rindex("(") + 1 : -1].strip()
     if not want:
         return []
     exact = [p for p in peers if want in names_of(p)]
@@ -111,7 +116,7 @@ def pinned(peers: list[Peer], wanted: str) -> list[Peer]:
         return exact
     if len(want) < 4:
         return []
-    return [p for p in peers if p.key.startswith(want) or (p.device_id or "").casefold().startswith(want)]
+    return [p for p in peers if any(i.casefold().startswith(want) for i in (p.key, p.node_id, p.device_id or "") if i)]
 
 
 class ClientRoute:
@@ -172,8 +177,9 @@ class ClientRoute:
         # Servers that answer this client now; a server that refuses it (not paired there) must
         # not lend its models to the list: the request goes on and gets the server's refusal.
         serving = [p for p in peers if p.healthy and not self._policy.refusing(p)]
-        missing = [p for p in serving if self._view.catalog(p.key) is None]
-        if missing:  # just found: fetch once now rather than answer an incomplete list
+        shows = _SHOWS[ask.kind]
+        missing = [p for p in serving if self._view.catalog(p.key) is None or self._view.outdated(p.key, shows)]
+        if missing:  # just found, or changed by this client: fetch now rather than answer an old list
             await asyncio.gather(*(self._fetch_now(p) for p in missing), return_exceptions=True)
         keys = [p.key for p in serving]
         if not self._view.catalogs(keys):
@@ -239,6 +245,11 @@ class ClientRoute:
         log_change(self._table.mark_healthy(target.key, None, now))
         if ask.kind is Kind.BLOB and status in (200, 201):
             self._view.remember_blob(ask.digest, target.key, now)
+        elif ask.kind is Kind.MANAGE and status < 400:
+            self._view.changed_here(target.key, "models")
+            self._view.changed_here(target.key, "loaded")
+        elif ask.kind is Kind.INFER:
+            self._view.changed_here(target.key, "loaded")
         if not target.listed:
             self._table.settle(target.key)  # the home server: requests without a model stay there
 

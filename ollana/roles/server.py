@@ -17,13 +17,13 @@ from ollana.discovery.net import Interface
 from ollana.discovery.packet import TRUST_DEVICES, TRUST_OPEN, Goodbye, Heartbeat, Packet, Probe
 from ollana.discovery.service import Discovery, interfaces_status
 from ollana.fleet.asks import Ask, Kind
-from ollana.fleet.catalog import CATALOG_PATH, OWN_REQUEST, SERVER_HEADER
+from ollana.fleet.catalog import CATALOG_PATH, SERVER_HEADER
 from ollana.fleet.keeper import CatalogKeeper
 from ollana.httpserver import Listener, listening
 from ollana.proxy.answers import error
 from ollana.proxy.forward import Target
 from ollana.proxy.handler import STATUS_PATH, ProxyHandler
-from ollana.proxy.headers import is_from_ollana
+from ollana.proxy.headers import OWN_REQUEST, is_from_ollana
 from ollana.roles.local import LocalServer
 from ollana.runtime import Ready, Runtime
 from ollana.trust.gate import Gate
@@ -235,6 +235,10 @@ class ServerNode:
         tick = 0
         while True:
             changed = await self._health.check()
+            if self._health.up:
+                # Every interval, so a model pulled on this box directly (not through ollana)
+                # reaches clients with the next heartbeat.
+                await self._keeper.refresh()
             if changed:
                 log.info("ollama_up" if self._health.up else "ollama_down",
                          upstream=self._rt.config.ollama_url, version=self._health.version or None,
@@ -254,8 +258,8 @@ class ServerNode:
 
     # -- ollana's own endpoints -----------------------------------------------------------
 
-    def _catalog(self) -> dict[str, Any]:
-        return self._keeper.catalog.document()
+    async def _catalog(self) -> dict[str, Any]:
+        return (await self._keeper.current()).document()
 
     def _status(self) -> dict[str, Any]:
         body: dict[str, Any] = self._rt.base_status(Role.SERVER, self._listen)
