@@ -53,7 +53,6 @@ class Peer:
     healthy: bool = True
     rtt_ms: float | None = None
     inflight: int = 0
-    failures: int = 0
     last_failure: float = -math.inf
     # Other addresses the same node was heard on, with when: used if the current one goes quiet.
     addresses: dict[str, float] = field(default_factory=dict)
@@ -112,43 +111,26 @@ class PeerTable:
         """A heartbeat heard from ``source_ip``. ``device_id``: its announced device ID, decoded
         (checked by the caller against the certificate at that address)."""
         key = hb.node_id.hex()
-        instance = hb.instance_id.hex()
-        ttl = self._missed * hb.interval_ms / 1000.0
         peer = self._peers.get(key)
+        kind = heartbeat_effect(peer, hb, source_ip, now, self._missed)
         if peer is None:
             peer = Peer(
-                key=key,
-                endpoint=Endpoint(source_ip, hb.proxy_port),
-                source=Source.MULTICAST,
-                first_seen=now,
-                last_seen=now,
-                ttl=ttl,
-                instance_id=instance,
-                scheme=hb.scheme,
-                hostname=hb.hostname,
-                ollama_version=hb.ollama_version,
-                device_id=device_id,
-                trust=hb.trust,
-                node_id=key,
+                key=key, endpoint=Endpoint(source_ip, hb.proxy_port), source=Source.MULTICAST,
+                first_seen=now, last_seen=now, ttl=0.0, node_id=key,
             )
-            peer.addresses[source_ip] = now
             self._peers[key] = peer
-            return Change(ChangeKind.ADDED, peer)
         peer.last_seen = now
-        peer.ttl = ttl
+        peer.ttl = self._missed * hb.interval_ms / 1000.0
         peer.hostname, peer.ollama_version, peer.scheme = hb.hostname, hb.ollama_version, hb.scheme
         peer.device_id, peer.trust = device_id, hb.trust
         peer.addresses[source_ip] = now
-        if peer.instance_id != instance:
-            # A restarted server deserves a fresh start: forget failures of the old process.
-            peer.instance_id = instance
+        if kind is ChangeKind.RESTARTED:
+            # A restarted server deserves a fresh start: forget what the old process did.
+            peer.healthy, peer.rtt_ms = True, None
+        if kind is not None:
+            peer.instance_id = hb.instance_id.hex()
             peer.endpoint = Endpoint(source_ip, hb.proxy_port)
-            peer.healthy, peer.failures, peer.rtt_ms = True, 0, None
-            return Change(ChangeKind.RESTARTED, peer)
-        current_fresh = now - peer.addresses.get(peer.endpoint.host, -math.inf) <= ttl
-        if peer.endpoint.port != hb.proxy_port or not current_fresh:
-            peer.endpoint = Endpoint(source_ip, hb.proxy_port)
-            return Change(ChangeKind.MOVED, peer)
+            return Change(kind, peer)
         return None
 
     def goodbye(self, bye: Goodbye) -> Change | None:
@@ -193,7 +175,6 @@ class PeerTable:
         peer = self._peers.get(key)
         if peer is None:
             return None
-        peer.failures += 1
         peer.last_failure = now
         if self._current == key:
             self._current = None
@@ -211,7 +192,6 @@ class PeerTable:
             peer.rtt_ms = rtt_ms if peer.rtt_ms is None else 0.8 * peer.rtt_ms + 0.2 * rtt_ms
         if peer.source is not Source.MULTICAST:
             peer.last_seen = now
-        peer.failures = 0
         if not peer.healthy:
             peer.healthy = True
             return Change(ChangeKind.HEALTHY, peer)
@@ -238,6 +218,31 @@ class PeerTable:
         return candidates(list(self._peers.values()), self._current, now)
 
 
+def heartbeat_effect(
+    peer: Peer | None, hb: Heartbeat, source_ip: str, now: float, missed: int
+) -> ChangeKind | None:
+    """What a heartbeat from ``source_ip`` does to the entry ``peer`` (None: not known yet).
+
+    ADDED for a new node; RESTARTED for a new instance of a known one (it starts afresh at the
+    heartbeat's address); MOVED when its port changed or its current address went quiet for a
+    whole TTL while this one speaks; None when it only refreshes the entry.
+    """
+    if peer is None:
+        return ChangeKind.ADDED
+    if peer.instance_id != hb.instance_id.hex():
+        return ChangeKind.RESTARTED
+    ttl = missed * hb.interval_ms / 1000.0
+    current_fresh = now - peer.addresses.get(peer.endpoint.host, -math.inf) <= ttl
+    if peer.endpoint.port != hb.proxy_port or not current_fresh:
+        return ChangeKind.MOVED
+    return None
+
+
+def usable(peer: Peer) -> bool:
+    """Whether requests go to ``peer`` before the last resorts: it answered its last check."""
+    return peer.healthy
+
+
 def candidates(peers: list[Peer], current: str | None, now: float) -> list[Peer]:
     """Servers in the order to try them.
 
@@ -246,7 +251,7 @@ def candidates(peers: list[Peer], current: str | None, now: float) -> list[Peer]
     fewest in-flight requests; unhealthy ones last, least recently failed first, as a last resort
     since a server marked down may have come back before its next health check.
     """
-    healthy = [p for p in peers if p.healthy]
+    healthy = [p for p in peers if usable(p)]
     healthy.sort(key=lambda p: (p.key != current, p.rtt_ms is None, p.rtt_ms or 0.0, p.inflight, p.key))
-    unhealthy = sorted((p for p in peers if not p.healthy), key=lambda p: (p.last_failure, p.key))
+    unhealthy = sorted((p for p in peers if not usable(p)), key=lambda p: (p.last_failure, p.key))
     return healthy + unhealthy

@@ -173,12 +173,15 @@ class ProxyHandler:
                     return route.unavailable(request, tried), target.key, 0, None
                 status = upstream.status
                 may_retry = not last and body.replayable
-                if upstream.headers.get(NOT_FORWARDED) and may_retry:
-                    # The next hop could not reach its Ollama; the request went nowhere yet.
-                    upstream.close()
+                if upstream.headers.get(NOT_FORWARDED):
+                    # The next hop could not reach its Ollama; the request went nowhere. That is
+                    # a failure of the target, never a sign of its health (``end`` sees None).
+                    status = None
                     route.failed(target, f"answered {upstream.status} without forwarding")
-                    log.info("failover", peer=target.key, reason=f"status {upstream.status}")
-                    continue
+                    if may_retry:
+                        upstream.close()
+                        log.info("failover", peer=target.key, reason=f"status {upstream.status}")
+                        continue
                 if status == 404 and target.listed and not retried and may_retry:
                     small = await self._small_body(upstream)
                     if small is not None and b"not found" in small:

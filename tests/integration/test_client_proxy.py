@@ -114,3 +114,30 @@ async def test_truncated_request_body_is_never_forwarded(two_servers: list[tuple
     # when a body ends early otherwise, the answer is a 400. Either way nothing is forwarded.
     assert answer == b"" or (answer.startswith(b"HTTP/1.1 400") and b"request body ended" in answer)
     assert not any(r.path == "/api/chat" for f in (f1, f2) for r in f.requests)
+
+
+async def test_a_server_that_could_not_forward_stays_unhealthy_after_failover(
+    two_servers: list[tuple[FakeOllama, str]],
+) -> None:
+    """Its 503 "not forwarded" answer is a failure, not a sign of health (was: marked healthy again
+    by the end of the same request)."""
+    (f1, p1), (f2, p2) = two_servers
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    # Ollama on that port is down: its server answers every request 503, not forwarded.
+    async with server_for(f"http://127.0.0.1:{port}") as broken:
+        async with client_for(broken, p1) as client_url, aiohttp.ClientSession() as s:
+            key = f"static:{broken.split('://')[1]}"
+            # Pinned there: its 503 reaches the app, and marks it down rather than healthy.
+            async with s.get(client_url + "/api/version", headers={"X-Ollana-Server": key}) as r:
+                assert r.status == 503
+            async with s.get(client_url + "/ollana/v1/status") as r:
+                pinned = next(p for p in (await r.json())["peers"] if p["id"] == key)
+            # Unpinned: tried (last resort or first), failed over, still down.
+            async with s.get(client_url + "/api/version") as r:
+                assert r.status == 200
+            async with s.get(client_url + "/ollana/v1/status") as r:
+                after = next(p for p in (await r.json())["peers"] if p["id"] == key)
+    assert pinned["healthy"] is False and after["healthy"] is False

@@ -108,3 +108,23 @@ def test_trust_mode_and_checked_device_id_are_kept_and_shown() -> None:
     assert peer.device_id == "B" * 52
     static = t.add_static(Endpoint("10.0.0.9", 11435), 0.0, scheme="https", trust="devices")
     assert static is not None and static.peer.url == "https://10.0.0.9:11435" and static.peer.device_id is None
+
+
+# -- the heartbeat decision, apart from the table ----------------------------------------------
+
+
+def test_heartbeat_effect_is_decided_from_the_entry_and_the_packet_alone() -> None:
+    from ollana.discovery.peers import Peer, Source, heartbeat_effect
+
+    assert heartbeat_effect(None, hb(1), "10.0.0.1", 0.0, 3) is ChangeKind.ADDED
+    peer = Peer(key(1), Endpoint("10.0.0.1", 11435), Source.MULTICAST, 0.0, 0.0, 3.0,
+                instance_id=(bytes([1]) * 8).hex(), addresses={"10.0.0.1": 0.0})
+    assert heartbeat_effect(peer, hb(1), "10.0.0.1", 1.0, 3) is None  # a refresh
+    assert heartbeat_effect(peer, hb(1, inst=2), "10.0.0.1", 1.0, 3) is ChangeKind.RESTARTED
+    assert heartbeat_effect(peer, hb(1, port=11500), "10.0.0.1", 1.0, 3) is ChangeKind.MOVED
+    # Heard on a second address while the first still speaks: stays; once the first is quiet
+    # for a whole TTL (3 intervals of 1 s), it moves.
+    assert heartbeat_effect(peer, hb(1), "10.0.0.2", 2.9, 3) is None
+    assert heartbeat_effect(peer, hb(1), "10.0.0.2", 3.1, 3) is ChangeKind.MOVED
+    # The decision changed nothing.
+    assert peer.endpoint == Endpoint("10.0.0.1", 11435) and peer.addresses == {"10.0.0.1": 0.0}
