@@ -47,7 +47,7 @@ class Ask:
     path: str = ""
     model: str = ""  # normalised key (names.model_key), "" when none was found
     digest: str = ""  # BLOB: the blob's digest, normalised (sha256-<hex>)
-    blobs: tuple[str, ...] = ()  # /api/create: the digests its "files" name
+    blobs: tuple[str, ...] = ()  # /api/create: the digests its "files" and "adapters" name
 
     @property
     def body_names_model(self) -> bool:
@@ -82,8 +82,13 @@ def read_body(ask: Ask, data: bytes, *, whole: bool) -> Ask:
     """
     if ask.path == "/api/create" and whole:
         doc = _document(data)
-        files = doc.get("files")
-        blobs = tuple(blob_key(str(d)) for d in files.values()) if isinstance(files, dict) else ()
+        # The blobs a create uses: its model files and adapters (uploaded before, by digest).
+        blobs = tuple(
+            blob_key(str(d))
+            for field in ("files", "adapters")
+            if isinstance(doc.get(field), dict)
+            for d in doc[field].values()
+        )
         return replace(ask, model=_name_in(doc, ask.path), blobs=blobs)
     match = _LEADING_NAME.match(data)
     if match is not None and _leads(match.group(1), ask.path, whole=whole):

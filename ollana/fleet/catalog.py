@@ -93,11 +93,14 @@ class Catalog:
             for k, v in inflight.items()
         ):
             raise ValueError("catalog inflight must map model names to counts")
+        counts: dict[str, int] = {}
+        for name, count in inflight.items():  # names that normalise alike are one model
+            counts[model_key(name)] = counts.get(model_key(name), 0) + count
         return cls(
             models=_entries(doc, "models"),
             loaded=_entries(doc, "loaded"),
             openai=_entries(doc, "openai", name="id"),
-            inflight={model_key(k): v for k, v in inflight.items()},
+            inflight=counts,
             capacity=capacity,
         )
 

@@ -36,8 +36,6 @@ class Known:
 class FleetView:
     def __init__(self) -> None:
         self._known: dict[str, Known] = {}
-        # Announced generations not fetched yet (from heartbeats or status answers).
-        self._announced: dict[str, int] = {}
         self._own: dict[str, Counter[str]] = {}
         self._sticky: dict[str, str] = {}
         self._blobs: dict[str, tuple[str, float]] = {}
@@ -49,8 +47,6 @@ class FleetView:
 
     def announced(self, key: str, generation: int | None) -> bool:
         """A server said its catalogue's generation; True when it should be fetched."""
-        if generation is not None:
-            self._announced[key] = generation
         known = self._known.get(key)
         if known is None or known.generation < 0:  # never fetched, or found stale
             return True
@@ -82,7 +78,6 @@ class FleetView:
 
     def forget(self, key: str) -> None:
         self._known.pop(key, None)
-        self._announced.pop(key, None)
         self._own.pop(key, None)
         self._changed.pop(key, None)
         for model in [m for m, k in self._sticky.items() if k == key]:
@@ -97,7 +92,8 @@ class FleetView:
         cat = known.catalog
         models = tuple(e for e in cat.models if _key(e) != model)
         loaded = tuple(e for e in cat.loaded if _key(e) != model)
-        known.catalog = replace(cat, models=models, loaded=loaded)
+        listed = tuple(e for e in cat.openai if model_key(str(e.get("id", ""))) != model)
+        known.catalog = replace(cat, models=models, loaded=loaded, openai=listed)
         known.generation = -1  # refetch at the next announcement, whatever it says
         if self._sticky.get(model) == key:
             del self._sticky[model]
