@@ -82,11 +82,14 @@ class ProxyHandler:
         connect_timeout: float,
         replay_limit: int,
         mark: tuple[str, str] | None = None,
+        host_allowed: Callable[[str], bool] | None = None,
     ) -> None:
         self._session = session
         self._route = route
         self._own_documents = own
         self._mark = mark  # a header every forwarded answer carries (the server's name)
+        # On loopback, Ollama's Host rule (DNS rebinding guard): what it refuses, refuse.
+        self._host_allowed = host_allowed
         self._timeout = upstream_timeout(connect_timeout)  # built once, not per request
         self._replay_limit = replay_limit
         # Bound once for the node's life (logging is configured by then): the per-request line
@@ -98,8 +101,11 @@ class ProxyHandler:
         status, target_key, sent, broken = 0, "-", 0, None
         try:
             refusal = refuse_non_origin_form(request)
-            if refusal is not None:
-                response: web.StreamResponse = error(request, *refusal)
+            response: web.StreamResponse
+            if self._host_allowed is not None and not self._host_allowed(request.headers.get("Host", "")):
+                response = web.Response(status=403)  # as Ollama answers it: 403, empty body
+            elif refusal is not None:
+                response = error(request, *refusal)
             elif request.path.startswith(OWN_PREFIX):
                 response = await self._own(request)
             else:

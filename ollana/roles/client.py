@@ -8,6 +8,7 @@ import math
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,7 @@ from ollana.errors import UpstreamUnavailable
 from ollana.fleet.catalog import CATALOG_PATH, MAX_DOCUMENT, Catalog
 from ollana.fleet.view import FleetView
 from ollana.httpserver import listening
+from ollana.proxy import hostcheck
 from ollana.proxy.handler import STATUS_PATH, ProxyHandler
 from ollana.proxy.headers import is_from_ollana
 from ollana.ratelimit import RateLimiter
@@ -60,9 +62,14 @@ class ClientNode:
 
     async def run(self, shutdown: asyncio.Event, ready: Callable[[Ready], None]) -> None:
         cfg = self._rt.config
+        guard = None
+        if hostcheck.is_loopback(self._listen.host):
+            hostname, addresses = hostcheck.own_hostname(), hostcheck.own_addresses()
+            guard = partial(hostcheck.allowed, own_hostname=hostname, own_addresses=addresses)
         handler = ProxyHandler(
             self._rt.session, self._route, {STATUS_PATH: self._status},
             connect_timeout=cfg.timings.connect_timeout, replay_limit=cfg.replay_limit,
+            host_allowed=guard,
         )
         devices_mode = cfg.trust is Trust.DEVICES
         local = self._local

@@ -14,7 +14,7 @@ import pytest
 from ollana.config import Endpoint, Mode
 from ollana.errors import StartupError
 from tests.fakeollama import FakeOllama
-from tests.integration.nodes import client_for, config, running, server_for
+from tests.integration.nodes import client_for, config, from_apps, running, server_for
 
 
 @pytest.fixture
@@ -141,3 +141,15 @@ async def test_a_server_that_could_not_forward_stays_unhealthy_after_failover(
             async with s.get(client_url + "/ollana/v1/status") as r:
                 after = next(p for p in (await r.json())["peers"] if p["id"] == key)
     assert pinned["healthy"] is False and after["healthy"] is False
+
+
+async def test_a_rebinding_host_is_refused_like_ollama_does(two_servers: list[tuple[FakeOllama, str]]) -> None:
+    (f1, p1), (f2, p2) = two_servers
+    async with client_for(p1, p2) as client_url, aiohttp.ClientSession() as s:
+        for path in ("/api/tags", "/ollana/v1/status", "/api/version"):
+            async with s.get(client_url + path, headers={"Host": "rebind.attacker.example:11434"}) as r:
+                assert r.status == 403 and await r.read() == b""
+        async with s.get(client_url + "/api/version", headers={"Host": "localhost:11434"}) as r:
+            assert r.status == 200
+    # Only the allowed request reached an Ollama.
+    assert [r.path for f in (f1, f2) for r in from_apps(f) if r.path == "/api/version"] == ["/api/version"]
