@@ -111,6 +111,18 @@ class Probe:
 Packet = Heartbeat | Goodbye | Probe
 
 
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character."""
+    data = text.encode("utf-8")
+    return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
+
+
+def printable(text: str) -> str:
+    """Text from the wire made safe to log and show: control characters (ANSI escapes
+    included) become "?"."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _u(fmt: str, value: int) -> bytes:
     return struct.pack(fmt, value)
 
@@ -257,9 +269,9 @@ def decode(data: bytes) -> Packet:
         proxy_port=port,
         interval_ms=interval_ms,
         scheme=scheme,
-        hostname=_str(fields, Tag.HOSTNAME),
-        ollama_version=_str(fields, Tag.OLLAMA_VERSION),
-        ollana_version=_str(fields, Tag.OLLANA_VERSION),
+        hostname=printable(_str(fields, Tag.HOSTNAME)),
+        ollama_version=printable(_str(fields, Tag.OLLAMA_VERSION)),
+        ollana_version=printable(_str(fields, Tag.OLLANA_VERSION)),
         address=address,
         trust=trust,
         device_id=device_id,

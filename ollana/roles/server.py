@@ -14,7 +14,7 @@ from aiohttp import web
 from ollana import __version__
 from ollana.config import OLLAMA_DEFAULT_PORT, Role, parse_endpoint
 from ollana.discovery.net import Interface
-from ollana.discovery.packet import TRUST_DEVICES, TRUST_OPEN, Goodbye, Heartbeat, Packet, Probe
+from ollana.discovery.packet import TRUST_DEVICES, TRUST_OPEN, Goodbye, Heartbeat, Packet, Probe, clip
 from ollana.discovery.service import Discovery, interfaces_status
 from ollana.fleet.asks import Ask, Kind
 from ollana.fleet.catalog import CATALOG_PATH, SERVER_HEADER
@@ -201,8 +201,8 @@ class ServerNode:
             proxy_port=self._listen.port,
             interval_ms=int(self._rt.config.timings.heartbeat_interval * 1000),
             scheme=self._scheme,
-            hostname=self._rt.node.hostname[:255],
-            ollama_version=self._health.version[:255],
+            hostname=clip(self._rt.node.hostname),
+            ollama_version=clip(self._health.version),
             ollana_version=__version__,
             address=iface.address,
             trust=TRUST_OPEN if self._device_id is None else TRUST_DEVICES,

@@ -187,3 +187,18 @@ def test_garbage_around_trust_fields_never_raises_anything_else() -> None:
             decode(bytes(buf))
         except PacketError:
             pass
+
+
+def test_long_non_ascii_host_names_are_clipped_by_bytes_and_still_encode() -> None:
+    from ollana.discovery.packet import clip
+
+    name = "ü" * 200  # 400 bytes
+    clipped = clip(name)
+    assert len(clipped.encode()) <= 255 and name.startswith(clipped)
+    encode(heartbeat(hostname=clipped))  # does not raise
+
+
+def test_control_characters_from_the_wire_never_reach_logs() -> None:
+    decoded = decode(encode(heartbeat(hostname="evil\x1b[31mred\x07", ollama_version="1\n2")))
+    assert isinstance(decoded, Heartbeat)
+    assert decoded.hostname == "evil?[31mred?" and decoded.ollama_version == "1?2"
