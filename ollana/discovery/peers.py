@@ -161,6 +161,10 @@ class PeerTable:
                 del peer.addresses[addr]
         return [c for c in changes if c is not None]
 
+    def forget(self, key: str) -> Change | None:
+        """Drop a peer for good (a static one that turned out to be this node)."""
+        return self._remove(key, ChangeKind.REMOVED)
+
     def _remove(self, key: str, kind: ChangeKind) -> Change | None:
         peer = self._peers.pop(key, None)
         if peer is None:

@@ -117,6 +117,7 @@ async def open_upstream(
     body: BodySource,
     *,
     timeout: aiohttp.ClientTimeout,
+    hop: str | None = None,
 ) -> aiohttp.ClientResponse:
     """Send the request; return once the upstream's status line and headers arrived.
 
@@ -127,7 +128,7 @@ async def open_upstream(
         return await session.request(
             request.method,
             target.url_for(request.raw_path),
-            headers=request_headers(request.headers, target.host_header),
+            headers=request_headers(request.headers, target.host_header, hop),
             data=body.data(),
             allow_redirects=False,
             timeout=timeout,

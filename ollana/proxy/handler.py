@@ -32,6 +32,7 @@ from ollana.proxy.forward import (
     relay,
     small_response,
 )
+from ollana.proxy.headers import passed
 from ollana.runtime import upstream_timeout
 
 log = structlog.get_logger(__name__)
@@ -83,6 +84,7 @@ class ProxyHandler:
         replay_limit: int,
         mark: tuple[str, str] | None = None,
         host_allowed: Callable[[str], bool] | None = None,
+        hop: str | None = None,
     ) -> None:
         self._session = session
         self._route = route
@@ -90,6 +92,7 @@ class ProxyHandler:
         self._mark = mark  # a header every forwarded answer carries (the server's name)
         # On loopback, Ollama's Host rule (DNS rebinding guard): what it refuses, refuse.
         self._host_allowed = host_allowed
+        self._hop = hop  # this node's Via mark: forwarded requests carry it, loops are refused
         self._timeout = upstream_timeout(connect_timeout)  # built once, not per request
         self._replay_limit = replay_limit
         # Bound once for the node's life (logging is configured by then): the per-request line
@@ -106,6 +109,13 @@ class ProxyHandler:
                 response = web.Response(status=403)  # as Ollama answers it: 403, empty body
             elif refusal is not None:
                 response = error(request, *refusal)
+            elif self._hop is not None and passed(request.headers, self._hop):
+                response = error(
+                    request, 508,
+                    "ollana: this request already passed this node (a forwarding loop: is a --peer "
+                    "this node itself, or a client's own address?)",
+                    not_forwarded=True,
+                )
             elif request.path.startswith(OWN_PREFIX):
                 response = await self._own(request)
             else:
@@ -169,7 +179,7 @@ class ProxyHandler:
             try:
                 try:
                     upstream = await open_upstream(
-                        self._session, request, target, body, timeout=self._timeout
+                        self._session, request, target, body, timeout=self._timeout, hop=self._hop
                     )
                 except UpstreamUnavailable as exc:
                     route.failed(target, str(exc))

@@ -48,15 +48,34 @@ def _strip(headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: frozenset[st
     return out
 
 
-def request_headers(incoming: CIMultiDictProxy[str], upstream_host: str) -> CIMultiDict[str]:
+def request_headers(incoming: CIMultiDictProxy[str], upstream_host: str, hop: str | None = None) -> CIMultiDict[str]:
     """Headers for the upstream request: everything end-to-end passes unchanged, in order.
 
     Host is rewritten to the upstream's, because Ollama bound to loopback rejects any other
     Host with 403 (its allowed-hosts check). Content-Length stays: the body is streamed as-is.
+    ``hop``: this node's mark (``hop_mark``), added as a ``Via`` entry so a request that comes
+    back to this node is recognised as a loop.
     """
     out = _strip(incoming, _REQUEST_DROP)
     out["Host"] = upstream_host
+    if hop is not None:
+        out.add("Via", f"1.1 {hop}")
     return out
+
+
+def hop_mark(node_id_hex: str) -> str:
+    """The pseudonym a node gives itself in requests' ``Via`` (RFC 9110 §7.6.3)."""
+    return f"{VIA_TOKEN}-{node_id_hex[:8]}"
+
+
+def passed(headers: CIMultiDictProxy[str], hop: str) -> bool:
+    """Whether a request already passed the node whose mark is ``hop`` (a forwarding loop)."""
+    for value in headers.getall("Via", ()):
+        for entry in value.split(","):
+            parts = entry.split()
+            if len(parts) >= 2 and parts[1] == hop:
+                return True
+    return False
 
 
 def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:

@@ -24,7 +24,7 @@ from ollana.fleet.view import FleetView
 from ollana.httpserver import listening
 from ollana.proxy import hostcheck
 from ollana.proxy.handler import STATUS_PATH, ProxyHandler
-from ollana.proxy.headers import is_from_ollana
+from ollana.proxy.headers import hop_mark, is_from_ollana
 from ollana.ratelimit import RateLimiter
 from ollana.roles.client_route import ClientRoute, log_change
 from ollana.roles.local import LOCAL_RTT_MS, LocalServer
@@ -69,7 +69,7 @@ class ClientNode:
         handler = ProxyHandler(
             self._rt.session, self._route, {STATUS_PATH: self._status},
             connect_timeout=cfg.timings.connect_timeout, replay_limit=cfg.replay_limit,
-            host_allowed=guard,
+            host_allowed=guard, hop=hop_mark(self._rt.node.node_id.hex()),
         )
         devices_mode = cfg.trust is Trust.DEVICES
         local = self._local
@@ -312,6 +312,12 @@ class ClientNode:
                 if resp.status != 200 or not is_from_ollana(resp.headers):
                     raise ValueError(f"status {resp.status}")
             rtt_ms = (time.perf_counter() - started) * 1000
+            if isinstance(body, dict) and body.get("node_id") == self._rt.node.node_id.hex():
+                # A --peer that is this very node (its own address): every request would loop.
+                log.warning("peer_is_this_node", peer=peer.key, address=str(peer.endpoint),
+                            hint="remove this --peer: it names this machine's own ollana")
+                self._apply(self._table.forget(peer.key))
+                return
             upstream = body.get("upstream") if isinstance(body, dict) else None
             if not isinstance(upstream, dict) or not upstream.get("healthy"):
                 raise ValueError("its Ollama is not answering")

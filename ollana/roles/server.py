@@ -14,7 +14,15 @@ from aiohttp import web
 from ollana import __version__
 from ollana.config import OLLAMA_DEFAULT_PORT, Role, parse_endpoint
 from ollana.discovery.net import Interface
-from ollana.discovery.packet import TRUST_DEVICES, TRUST_OPEN, Goodbye, Heartbeat, Packet, Probe, clip
+from ollana.discovery.packet import (
+    TRUST_DEVICES,
+    TRUST_OPEN,
+    Goodbye,
+    Heartbeat,
+    Packet,
+    Probe,
+    clip,
+)
 from ollana.discovery.service import Discovery, interfaces_status
 from ollana.fleet.asks import Ask, Kind
 from ollana.fleet.catalog import CATALOG_PATH, SERVER_HEADER
@@ -23,7 +31,7 @@ from ollana.httpserver import Listener, listening
 from ollana.proxy.answers import error
 from ollana.proxy.forward import Target
 from ollana.proxy.handler import STATUS_PATH, ProxyHandler
-from ollana.proxy.headers import OWN_REQUEST, is_from_ollana
+from ollana.proxy.headers import OWN_REQUEST, hop_mark, is_from_ollana
 from ollana.roles.local import LocalServer
 from ollana.runtime import Ready, Runtime
 from ollana.trust.gate import Gate
@@ -127,6 +135,7 @@ class ServerNode:
         handler = ProxyHandler(
             self._rt.session, self._route, {STATUS_PATH: self._status, CATALOG_PATH: self._catalog},
             connect_timeout=cfg.timings.connect_timeout, replay_limit=0, mark=(SERVER_HEADER, self.label),
+            hop=hop_mark(self._rt.node.node_id.hex()),
         )
         served: Callable[[web.BaseRequest], Any] = handler
         if self._rt.devices is not None:

@@ -153,3 +153,25 @@ async def test_a_rebinding_host_is_refused_like_ollama_does(two_servers: list[tu
             assert r.status == 200
     # Only the allowed request reached an Ollama.
     assert [r.path for f in (f1, f2) for r in from_apps(f) if r.path == "/api/version"] == ["/api/version"]
+
+
+async def test_a_peer_that_is_this_node_is_a_508_then_dropped() -> None:
+    """--peer naming the client's own listener: the request comes back and is refused as a loop
+    (it made 142 nested requests before), and the peer is dropped with a warning."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    cfg = config(Mode.CLIENT, listen=Endpoint("127.0.0.1", port), static_peers=(Endpoint("127.0.0.1", port),))
+    async with running(cfg) as ready, aiohttp.ClientSession() as s:
+        url = f"http://{ready.listen}"
+        async with s.get(url + "/api/version") as r:
+            assert r.status in (502, 503, 508), await r.text()
+            assert "error" in await r.json()
+        for _ in range(200):  # the next health check drops it
+            async with s.get(url + "/ollana/v1/status") as r:
+                if not (await r.json())["peers"]:
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the self peer was never dropped")

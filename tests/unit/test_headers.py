@@ -55,3 +55,17 @@ def test_is_from_ollana() -> None:
     assert is_from_ollana(proxy(("Via", "1.0 fred, 1.1 ollana")))
     assert not is_from_ollana(proxy(("Via", "1.1 nginx")))
     assert not is_from_ollana(proxy(("Server", "ollana")))
+
+
+def test_forwarded_requests_carry_the_hop_mark_and_a_loop_is_recognised() -> None:
+    from ollana.proxy.headers import hop_mark, passed
+
+    me = hop_mark("9e47df3c45a9dfa3741d5abada65c782")
+    assert me == "ollana-9e47df3c"
+    incoming = CIMultiDictProxy(CIMultiDict([("Via", "1.1 proxy.example"), ("Accept", "*/*")]))
+    out = request_headers(incoming, "127.0.0.1:11434", me)
+    assert out.getall("Via") == ["1.1 proxy.example", f"1.1 {me}"]
+    assert not passed(incoming, me)
+    assert passed(CIMultiDictProxy(out), me)
+    assert passed(CIMultiDictProxy(CIMultiDict([("Via", f"1.0 fred, 1.1 {me}")])), me)
+    assert not passed(CIMultiDictProxy(CIMultiDict([("Via", "1.1 ollana")])), me)  # a response mark
