@@ -80,7 +80,7 @@ def client_context(
 def client_tls(
     pin_pem: str | None, cert_and_key: tuple[StrPath, StrPath] | None = None
 ) -> ssl.SSLContext:
-    """Every client context ollana makes: TLS 1.2 or newer, no host name check.
+    """Every client context ollana makes: TLS 1.3, no host name check.
 
     ``pin_pem``: the only certificate the server may present (the pin replaces the name check:
     IDs, not names, are trusted). None accepts any certificate, to read it and nothing more: send
@@ -124,7 +124,10 @@ class ServerTLS:
 
 
 def _common(ctx: ssl.SSLContext) -> None:
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # 1.3 is negotiated whenever both sides have it
+    # Both ends are ollana: TLS 1.3 only. (TLS 1.2 resumes sessions by ID from the server's cache,
+    # which could let a session outlive a trust change; 1.3 resumes only with tickets, and the
+    # server issues none.)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
 
 

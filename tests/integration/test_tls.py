@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -101,13 +102,35 @@ async def test_paired_client_and_server_see_each_others_ids(ids: dict[str, Ident
         assert srv.seen.get_nowait() == client.device_id
 
 
-async def test_tls12_is_the_floor_and_still_works(ids: dict[str, Identity]) -> None:
+async def test_tls13_is_required_between_nodes(ids: dict[str, Identity]) -> None:
+    """Both ends are ollana: TLS 1.2 is refused (its session-ID resumption could outlive a trust
+    change)."""
     server, client = ids["server"], ids["client"]
     ctx = client_context(client, server.cert_pem)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     async with serving(server_context(server, [client.cert_pem])) as srv:
-        answer, _, version = await exchange(srv.port, ctx)
-        assert (answer, version) == (b"ok hi\n", "TLSv1.2")
+        exc = await refused(srv.port, ctx)
+        assert isinstance(exc, (ssl.SSLError, ConnectionError))
+
+
+def _resumed(port: int, ctx: ssl.SSLContext) -> bool:
+    """Connect, talk, then connect again offering the first session: was it resumed?"""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw, ctx.wrap_socket(raw) as tls:
+        tls.sendall(b"hi\n")
+        while tls.recv(100):  # (a TLS 1.3 ticket, if any, arrives with the data)
+            pass
+        session = tls.session
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw, \
+            ctx.wrap_socket(raw, session=session) as tls:
+        return tls.session_reused
+
+
+async def test_no_session_resumption(ids: dict[str, Identity]) -> None:
+    """A session from before a trust change must never skip the certificate check."""
+    server, client = ids["server"], ids["client"]
+    async with serving(server_context(server, [client.cert_pem])) as srv:
+        assert not await asyncio.to_thread(_resumed, srv.port, client_context(client, server.cert_pem))
 
 
 @pytest.mark.parametrize("max_version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
@@ -192,9 +215,14 @@ async def test_check_peer(ids: dict[str, Identity]) -> None:
         check_peer(None, server.device_id)
 
 
-def test_a_bad_stored_anchor_is_skipped_not_fatal(ids: dict[str, Identity]) -> None:
+async def test_a_bad_stored_anchor_is_skipped_not_fatal(ids: dict[str, Identity]) -> None:
     junk = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
-    server_context(ids["server"], [junk, ids["client"].cert_pem])
+    server, client = ids["server"], ids["client"]
+    # The good anchor after the bad one still lets its device in.
+    async with serving(server_context(server, [junk, client.cert_pem])) as srv:
+        answer, _, _ = await exchange(srv.port, client_context(client, server.cert_pem))
+        assert answer == b"ok hi\n"
+        assert srv.seen.get_nowait() == client.device_id
 
 
 # --- the hello (pure) ----------------------------------------------------------------------------
@@ -251,14 +279,14 @@ def test_context_settings(ids: dict[str, Identity]) -> None:
     cli = client_context(ids["client"], ids["server"].cert_pem)
     assert cli.verify_mode == ssl.CERT_REQUIRED and not cli.check_hostname
     for ctx in (srv, cli):
-        assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+        assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
         assert ctx.verify_flags & ssl.VERIFY_X509_PARTIAL_CHAIN
 
 
 async def test_ollana_status_reaches_its_own_node_with_the_nodes_key(ids: dict[str, Identity]) -> None:
     server = ids["server"]
     ctx = own_tls({"cert_file": str(server.cert_path), "key_file": str(server.key_path)})
-    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2 and not ctx.check_hostname
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3 and not ctx.check_hostname
     async with serving(server_context(server, [server.cert_pem])) as srv:
         answer, seen, _ = await exchange(srv.port, ctx)
         assert answer == b"ok hi\n" and seen == server.device_id
