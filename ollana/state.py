@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import structlog
 
 from ollana.discovery.packet import NODE_ID_LEN
 from ollana.errors import StartupError
+from ollana.files import private_dir, write_atomic
 
 log = structlog.get_logger(__name__)
 
@@ -18,7 +18,7 @@ NODE_ID_FILE = "node_id"
 
 def ensure_state_dir(state_dir: Path) -> Path:
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(state_dir)
     except OSError as exc:
         raise StartupError(
             f"cannot create the state directory {state_dir}: {exc.strerror}; "
@@ -44,10 +44,8 @@ def load_node_id(state_dir: Path) -> bytes:
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         log.warning("node_id_regenerated", path=str(path), reason=str(exc))
     node_id = secrets.token_bytes(NODE_ID_LEN)
-    tmp = path.with_suffix(".tmp")
     try:
-        tmp.write_text(node_id.hex() + "\n", encoding="ascii")
-        os.replace(tmp, path)
+        write_atomic(path, (node_id.hex() + "\n").encode("ascii"), 0o644)
     except OSError as exc:
         raise StartupError(f"cannot write {path}: {exc.strerror}") from exc
     log.info("node_id_created", path=str(path), node_id=node_id.hex())

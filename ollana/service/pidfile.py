@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from ollana.errors import StartupError
+from ollana.files import write_atomic
 
 if TYPE_CHECKING:
     from ollana.runtime import Ready
@@ -179,11 +180,8 @@ class PidFile:
             "log_file": str(log_file) if log_file is not None else None,
             "started_at": time.time(),
         }
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(state) + "\n", encoding="utf-8")
-            os.chmod(tmp, PID_FILE_MODE)
-            os.replace(tmp, self.state_file)
+            write_atomic(self.state_file, (json.dumps(state) + "\n").encode(), PID_FILE_MODE)
         except OSError as exc:
             log.warning("state_file_not_written", path=str(self.state_file), error=exc.strerror or str(exc))
 

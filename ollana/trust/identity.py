@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ollana.errors import ConfigError
+from ollana.files import private_dir, write_atomic
 
 log = structlog.get_logger(__name__)
 
@@ -326,7 +327,7 @@ def _tighten_key_mode(key_path: Path) -> None:
 @contextmanager
 def _creation_lock(state_dir: Path) -> Iterator[None]:
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(state_dir)
         fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise IdentityError(
@@ -344,10 +345,10 @@ def _create(state_dir: Path, hostname: str | None) -> Identity:
     key_path, cert_path = _paths(state_dir)
     key_pem, cert_pem = new_key_and_cert(hostname if hostname is not None else socket.gethostname())
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(state_dir)
         # Key first: a crash between the two leaves a mismatch, which is reported, not papered over.
-        _write_atomically(key_path, key_pem, 0o600)
-        _write_atomically(cert_path, cert_pem.encode("ascii"), 0o644)
+        write_atomic(key_path, key_pem, 0o600)
+        write_atomic(cert_path, cert_pem.encode("ascii"), 0o644)
     except OSError as exc:
         raise IdentityError(
             f"cannot write the identity in {state_dir}: {exc.strerror}; "
@@ -356,18 +357,3 @@ def _create(state_dir: Path, hostname: str | None) -> Identity:
     identity = _load(state_dir)
     assert identity is not None
     return identity
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    # O_EXCL with the final mode: the key is never readable by others, not even for a moment.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)

@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 import structlog
 
 from ollana.errors import ConfigError
+from ollana.files import private_dir, write_atomic
 from ollana.trust.document import (
     Allowed,
     AllowedDevice,
@@ -244,7 +245,7 @@ class TrustStore:
     def _mutate(self, change: Callable[[Allowed, Pending], T]) -> T:
         """Under the lock: read the file fresh, apply what is unsaved and ``change``, write it."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self.path.parent)
         except OSError as exc:
             raise TrustStoreError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
         with self._locked():
@@ -312,16 +313,8 @@ class TrustStore:
         )
 
     def _write(self, allowed: Allowed, pending: Pending) -> _Signature:
-        data = encode(allowed, pending)
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-                st = os.fstat(out.fileno())
-            os.replace(tmp, self.path)
+            st = write_atomic(self.path, encode(allowed, pending))
         except OSError as exc:
             raise TrustStoreError(f"cannot write {self.path}: {exc.strerror}") from exc
         return (st.st_mtime_ns, st.st_ino, st.st_size)
