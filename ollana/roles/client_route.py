@@ -95,6 +95,12 @@ class WithLocal:
         return peer.key != self._local and self._inner.refusing(peer)
 
 
+def short_id(peer: Peer) -> str:
+    """The short ID a server's own answers show in X-Ollana-Server: its device ID's first 7
+    characters (trust devices), else its node ID's."""
+    return (peer.device_id or peer.node_id or peer.key)[:7]
+
+
 def names_of(peer: Peer) -> list[str]:
     """What ``X-Ollana-Server`` may say to pin a request to ``peer``."""
     names = [peer.key, peer.hostname, str(peer.endpoint)]
@@ -194,7 +200,7 @@ class ClientRoute:
         if wanted is not None:
             chosen = pinned(peers, wanted)
             if len(chosen) != 1:
-                known = ", ".join(f"{p.hostname or '?'} ({p.key[:7]}, {p.endpoint})" for p in peers)
+                known = ", ".join(f"{p.hostname or '?'} ({short_id(p)}) at {p.endpoint}" for p in peers)
                 what = "matches several servers" if chosen else "names no server this client knows"
                 return error(request, 404, f"{SERVER_HEADER}: {wanted!r} {what}; known servers: {known or 'none'}")
             return [target_of(chosen[0], policy.context(chosen[0]))]
