@@ -70,10 +70,15 @@ def hop_mark(node_id_hex: str) -> str:
 
 def passed(headers: CIMultiDictProxy[str], hop: str) -> bool:
     """Whether a request already passed the node whose mark is ``hop`` (a forwarding loop)."""
+    return _via_names(headers, hop)
+
+
+def _via_names(headers: CIMultiDictProxy[str] | CIMultiDict[str], name: str) -> bool:
+    """Whether a ``Via`` entry names ``name`` as the recipient (``1.1 NAME [comment]``)."""
     for value in headers.getall("Via", ()):
         for entry in value.split(","):
             parts = entry.split()
-            if len(parts) >= 2 and parts[1] == hop:
+            if len(parts) >= 2 and parts[1] == name:
                 return True
     return False
 
@@ -94,9 +99,4 @@ def add_via(headers: CIMultiDict[str]) -> None:
 
 
 def is_from_ollana(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
-    for value in headers.getall("Via", ()):
-        for hop in value.split(","):
-            parts = hop.split()
-            if len(parts) >= 2 and parts[1] == VIA_TOKEN:
-                return True
-    return False
+    return _via_names(headers, VIA_TOKEN)

@@ -29,6 +29,13 @@ async def two_servers() -> AsyncIterator[list[tuple[FakeOllama, str]]]:
         yield out
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (for a while: nobody else binds it in these tests)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def generate_count(fake: FakeOllama) -> int:
     return sum(1 for r in fake.requests if r.path == "/api/generate")
 
@@ -45,10 +52,7 @@ async def test_sticks_to_one_server_and_official_client_works(two_servers: list[
 async def test_fails_over_with_the_body_replayed(two_servers: list[tuple[FakeOllama, str]]) -> None:
     (f1, p1), (f2, p2) = two_servers
     # Point the client at a dead port first, then the healthy servers.
-    dead = socket.socket()
-    dead.bind(("127.0.0.1", 0))
-    dead_port = dead.getsockname()[1]
-    dead.close()
+    dead_port = free_port()
     async with client_for(f"http://127.0.0.1:{dead_port}", p1, p2) as client_url:
         client = ollama.AsyncClient(host=client_url)
         for _ in range(3):
@@ -65,10 +69,7 @@ async def test_fails_over_with_the_body_replayed(two_servers: list[tuple[FakeOll
 
 async def test_server_whose_ollama_is_down_is_skipped(two_servers: list[tuple[FakeOllama, str]]) -> None:
     (f1, p1), (f2, p2) = two_servers
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     async with server_for(f"http://127.0.0.1:{port}") as broken:
         async with client_for(broken, p1) as client_url:
             async with aiohttp.ClientSession() as s:
@@ -122,10 +123,7 @@ async def test_a_server_that_could_not_forward_stays_unhealthy_after_failover(
     """Its 503 "not forwarded" answer is a failure, not a sign of health (was: marked healthy again
     by the end of the same request)."""
     (f1, p1), (f2, p2) = two_servers
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     # Ollama on that port is down: its server answers every request 503, not forwarded.
     async with server_for(f"http://127.0.0.1:{port}") as broken:
         async with client_for(broken, p1) as client_url, aiohttp.ClientSession() as s:
@@ -158,10 +156,7 @@ async def test_a_rebinding_host_is_refused_like_ollama_does(two_servers: list[tu
 async def test_a_peer_that_is_this_node_is_a_508_then_dropped() -> None:
     """--peer naming the client's own listener: the request comes back and is refused as a loop
     (it made 142 nested requests before), and the peer is dropped with a warning."""
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     cfg = config(Mode.CLIENT, listen=Endpoint("127.0.0.1", port), static_peers=(Endpoint("127.0.0.1", port),))
     async with running(cfg) as ready, aiohttp.ClientSession() as s:
         url = f"http://{ready.listen}"
