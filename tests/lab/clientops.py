@@ -75,6 +75,82 @@ def official_suite(base: str) -> dict[str, Any]:
     return out
 
 
+SERVER_HEADER = "X-Ollana-Server"
+
+
+def fleet_suite(base: str, models: list[str]) -> dict[str, Any]:
+    """The official client against a fleet: the merged lists, a generation of each named model
+    (and which server answered it, from the X-Ollana-Server header), blob upload and create."""
+    import ollama
+
+    os.environ.pop("OLLAMA_HOST", None)
+    client = ollama.Client()  # the default host: where every Ollama client looks
+    out: dict[str, Any] = {}
+    out["list"] = sorted(m.model for m in client.list().models)
+    out["ps"] = sorted(m.model for m in client.ps().models)
+    generated: dict[str, Any] = {}
+    with httpx.Client(base_url=base, timeout=30) as http:
+        for model in models:
+            parts = [c.response or "" for c in client.generate(model=model, prompt="hi", stream=True)]
+            r = http.post("/api/generate", json={"model": model, "prompt": "hi", "stream": False})
+            generated[model] = {"chunks": len(parts), "text": "".join(parts), "status": r.status_code,
+                                "server": r.headers.get(SERVER_HEADER)}
+        out["generate"] = generated
+        # Blob and create as Ollama's CLI does them: HEAD (is it there?), upload, create.
+        data = b"GGUF" + os.urandom(2 * 1024 * 1024 + 7)  # larger than a body kept for replay
+        with tempfile.NamedTemporaryFile(suffix=".gguf", delete=False) as f:
+            f.write(data)
+            path = f.name
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        head = http.head(f"/api/blobs/{digest}")
+        out["blob_head"] = [head.status_code, head.headers.get(SERVER_HEADER)]
+        out["blob_digest_ok"] = client.create_blob(path) == digest
+        os.unlink(path)
+        head = http.head(f"/api/blobs/{digest}")
+        out["blob_head_after"] = [head.status_code, head.headers.get(SERVER_HEADER)]
+        out["create_status"] = client.create(model="fleet-made:latest", files={"model.gguf": digest}).status
+        deadline = time.monotonic() + 10  # the server's catalogue changes, then the client's
+        while "fleet-made:latest" not in (listed := [m.model for m in client.list().models]):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        out["list_after"] = sorted(listed)
+        r = http.post("/api/generate", json={"model": "fleet-made", "prompt": "hi", "stream": False})
+        out["made_generate"] = [r.status_code, r.headers.get(SERVER_HEADER)]
+    return out
+
+
+def timings(base: str, path: str, count: int) -> dict[str, Any]:
+    """``count`` GETs of ``path`` on one kept-alive connection: each one's milliseconds."""
+    out: list[float] = []
+    with httpx.Client(base_url=base, timeout=10) as c:
+        for _ in range(10):  # warm up: connection, caches
+            c.get(path).raise_for_status()
+        for _ in range(count):
+            t0 = time.perf_counter()
+            r = c.get(path)
+            out.append((time.perf_counter() - t0) * 1000)
+            r.raise_for_status()
+    return {"ms": out}
+
+
+def wait_models(base: str, models: list[str], timeout: float) -> dict[str, Any]:
+    """Poll /api/tags until every named model is listed; report when (time.time())."""
+    deadline = time.monotonic() + timeout
+    listed: list[str] = []
+    with httpx.Client(timeout=5) as c:
+        _ready()
+        while time.monotonic() < deadline:
+            try:
+                listed = [m["name"] for m in c.get(base + "/api/tags").json()["models"]]
+                if all(m in listed for m in models):
+                    return {"ok": True, "at": time.time(), "list": listed}
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                pass
+            time.sleep(0.01)
+    return {"ok": False, "at": time.time(), "list": listed}
+
+
 def _ready() -> None:
     # Printed once imports and set-up are done, so a test can act after it and time only the
     # reaction, not this process's start-up.
@@ -153,6 +229,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--healthy", action="store_true")
+    p.add_argument("--model", action="append", default=[])
     args = sys.argv[1:]
     rest: list[str] = []
     if "--" in args:  # what follows "--" is a command line to start
@@ -170,6 +247,12 @@ def main() -> None:
         _emit(poll(a.base, a.path, a.timeout))
     elif a.op == "wait-peers":
         _emit(wait_peers(a.base, a.count, a.timeout, a.healthy))
+    elif a.op == "fleet":
+        _emit(fleet_suite(a.base, a.model))
+    elif a.op == "timings":
+        _emit(timings(a.base, a.path, a.count))
+    elif a.op == "wait-models":
+        _emit(wait_models(a.base, a.model, a.timeout))
     else:
         sys.exit(f"unknown op {a.op}")
 

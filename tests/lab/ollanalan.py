@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -113,12 +114,17 @@ class Lan:
     client: Node
 
 
-def build(lab: Lab, servers: int = 2, *, start_client: bool = True, trust: str = "open") -> Lan:
+def build(
+    lab: Lab, servers: int = 2, *, start_client: bool = True, trust: str = "open",
+    fake_args: Sequence[Sequence[str]] = (),
+) -> Lan:
+    """``fake_args``: the fake Ollama's arguments per server (``--model``, ``--loaded``...), in
+    server order; servers without an entry get the fake's defaults."""
     nodes = []
     for i in range(servers):
         host = lab.add_host(f"s{i + 1}")
         node = Node(host)
-        node.fake = start_fake(host)
+        node.fake = start_fake(host, *(fake_args[i] if i < len(fake_args) else ()))
         node.proc = start_ollana(host, trust=trust)
         nodes.append(node)
     chost = lab.add_host("c")
