@@ -24,7 +24,7 @@ import tempfile
 import time
 import traceback
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -32,7 +32,7 @@ from typing import Any, Final, TypeVar
 if __package__ in (None, ""):  # run as a script: make `tests.bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench import load, report
+from tests.bench import load, report, routecost
 from tests.bench.procs import (
     HOST,
     REPO,
@@ -50,6 +50,11 @@ T = TypeVar("T")
 RESULTS: Final = Path(__file__).with_name("results")
 STREAM_KNOBS: Final = {"chunk_delay": 0.02, "tokens": 50}
 QUIET_LOG: Final = {"OLLANA_LOG": "warn"}
+FLEET_TOKENS: Final = 8  # words in the fake's chat answer: a small response
+SERVER_HEADER: Final = "X-Ollana-Server"  # on every answer a server forwarded
+ROUTED: Final = report.CHAT_ROUTED
+UNREAD: Final = report.CHAT_UNREAD
+VERSION: Final = report.VERSION
 IDLE_BUSY_PCT: Final = 15.0
 NOISY_OTHERS_PCT: Final = 10.0
 
@@ -67,6 +72,11 @@ class Plan:
     upload_mib: int
     upload_rounds: int
     upload_limit: float  # seconds per upload before giving up
+    route_iterations: int  # in-process routing cost: requests per case (routecost.py)
+    fleet_seconds: float  # hey per request kind (chat read, unread, version), over fleet_rounds
+    fleet_rounds: int
+    tags_count: int  # sequential GET /api/tags per topology (bounded by tags_seconds too)
+    tags_seconds: float
 
 
 QUICK: Final = Plan(
@@ -79,6 +89,11 @@ QUICK: Final = Plan(
     upload_mib=256,
     upload_rounds=1,
     upload_limit=60,
+    route_iterations=20_000,
+    fleet_seconds=3,
+    fleet_rounds=3,
+    tags_count=1500,
+    tags_seconds=1.5,
 )
 FULL: Final = Plan(
     seconds=5,
@@ -90,6 +105,11 @@ FULL: Final = Plan(
     upload_mib=1024,
     upload_rounds=2,
     upload_limit=180,
+    route_iterations=20_000,
+    fleet_seconds=8,
+    fleet_rounds=4,
+    tags_count=4000,
+    tags_seconds=3.0,
 )
 
 
@@ -98,7 +118,9 @@ class Bench:
         self.plan = plan
         self.procs = procs
         self.say = log
-        self.results: dict[str, Any] = {"small": {}, "stream": {}, "upload": {}, "idle_rss_mib": {}}
+        self.results: dict[str, Any] = {
+            "small": {}, "stream": {}, "upload": {}, "idle_rss_mib": {}, "fleet": {}
+        }
         self.failures: list[str] = []
         self.commands: dict[str, str] = {}
 
@@ -160,7 +182,11 @@ class Bench:
         seq: dict[str, list[float]] = {name: [] for name, _ in topologies}
         # CPU the ollana processes spend per proxied request: steadier than req/s on a busy box.
         cpu: dict[str, float] = {name: 0.0 for name, _ in topologies}
-        ollanas = [proc.pid for proc in self.procs.procs if proc.name.startswith("ollana")]
+        ollanas = [
+            proc.pid
+            for proc in self.procs.procs
+            if proc.name.startswith("ollana") and proc.popen.poll() is None  # (a failed one exited)
+        ]
         broken: set[str] = set()
         for _round in range(p.rounds):
             for name, port in topologies:
@@ -227,6 +253,14 @@ class Bench:
         server = self.procs.ollana_server("ollana-server-tls", srv, up, {}, trust="devices")
         client = self.procs.ollana_client(
             "ollana-client-tls", cli, srv, {}, trust="devices", wait=False
+        )
+        # `ollana device show` (in pair) next to a serve still creating its identity can make
+        # the serve read a key without its certificate and exit: let the serve create it first.
+        state = self.procs.state_dir("ollana-client-tls")
+        self.procs.wait_until(
+            client,
+            "the client's device identity",
+            lambda: (state / "device.key").exists() and (state / "device.crt").exists(),
         )
         self.procs.pair(server, client)
         self.procs.wait_client_healthy(client, cli)
@@ -371,6 +405,147 @@ class Bench:
                 f"{'  RSS growth ' + growth if growth else ''}"
             )
 
+    # -- the fleet: what routing by model costs, the merged /api/tags ---------------------------
+
+    def fleet(self) -> None:
+        self.attempt("routing cost in process", self.route_cost)
+        fake_port, srv, cli = (free_port() for _ in range(3))
+        # The fake holds one server's catalogue of routecost's fleet (ten models): /api/tags
+        # answers are of a realistic size, and routecost's chat body names one of them.
+        models = routecost.FLEET["B"][2]
+        fake = self.procs.fake_ollama(
+            "fakeollama-fleet",
+            fake_port,
+            ["--tokens", str(FLEET_TOKENS), *(arg for m in models for arg in ("--model", m))],
+        )
+        self._record("fakeollama-fleet")
+        server = self.procs.ollana_server("ollana-server-fleet", srv, fake_port, {})
+        self._record("ollana-server-fleet")
+        client = self.procs.ollana_client("ollana-client-fleet", cli, srv, {})
+        self._record("ollana-client-fleet")
+        self.procs.wait_until(
+            client,
+            "the client to answer GET /api/tags from its merged view",
+            lambda: merged_tags_answer(cli, len(models)),
+        )
+        topologies = [("direct", fake_port), ("ollana 1 hop", srv), ("ollana chain", cli)]
+        self.attempt("merged /api/tags", lambda: self.merged_tags(topologies, len(models)))
+        self.attempt(
+            "routing cost end to end",
+            lambda: self.route_cpu(cli, {"client": client.pid, "server": server.pid}),
+        )
+        for proc in (client, server, fake):
+            self.procs.stop(proc)
+
+    def route_cost(self) -> None:
+        """tests/bench/routecost.py in a process of its own, before any server of this part runs."""
+        p = self.plan
+        argv = [
+            sys.executable, "-m", "tests.bench.routecost", "--json",
+            "--iterations", str(p.route_iterations),
+        ]
+        self.commands["routecost"] = shlex.join(argv)
+        self.say(
+            f"fleet: routing cost in process, {p.route_iterations} requests per case "
+            "(classify + read_body + FleetView.decide over 3 servers + begin/end)"
+        )
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=600, cwd=REPO, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError("routecost did not finish in 600 s") from exc
+        if done.returncode != 0:
+            raise BenchError(f"routecost failed ({done.returncode}): {done.stderr[-2000:]}")
+        got = json.loads(done.stdout)
+        self.results["fleet"]["route_cost"] = got
+        for name, case in got["cases"].items():
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in case["parts_us"].items())
+            self.say(
+                f"  {name:42} {case['us_per_request']['median']:6.1f} µs/req ({parts}); "
+                f"whole ClientRoute path - version {case['client_route_minus_version_us']:.1f}"
+            )
+
+    def merged_tags(self, topologies: list[tuple[str, int]], models: int) -> None:
+        p = self.plan
+        self.say(
+            f"fleet: GET /api/tags ({models} models), up to {p.tags_count} sequential requests "
+            "per topology; the chain's client answers from its merged view"
+        )
+        samples: dict[str, list[float]] = {name: [] for name, _ in topologies}
+        for _round in range(p.fleet_rounds):
+            for name, port in topologies:
+                samples[name] += load.run_sequential(
+                    port,
+                    "/api/tags",
+                    count=p.tags_count // p.fleet_rounds,
+                    seconds=p.tags_seconds / p.fleet_rounds,
+                    warmup=50,
+                )
+        out: dict[str, Any] = {}
+        for name, port in topologies:
+            code, body, headers = http_get(f"http://{HOST}:{port}/api/tags")
+            q = asdict(load.seq_result(samples[name]))
+            out[name] = {
+                **q,
+                "status": code,
+                "body_bytes": len(body),
+                "models": len(json.loads(body).get("models") or []),
+                "x_ollana_server": header(headers, SERVER_HEADER),
+            }
+            self.say(
+                f"  {name:30} p50 {q['p50_ms']:.3f} ms  p95 {q['p95_ms']:.3f} ms  "
+                f"p99 {q['p99_ms']:.3f} ms  ({q['requests']} requests, {len(body)} bytes)"
+            )
+        self.results["fleet"]["tags"] = out
+
+    def route_cpu(self, port: int, pids: dict[str, int]) -> None:
+        """CPU per request of the chain's client (and server), in alternating rounds of hey
+        against the client: a chat naming a model; the same chat with ``Content-Encoding:
+        identity``, whose body the client does not read (so it routes it as a request without a
+        model: the same server, the same bytes relayed); GET /api/version."""
+        p = self.plan
+        body = routecost.ollama_python_body(2_000)
+        body_file = str(self.procs.workdir / "chat-body.json")
+        Path(body_file).write_bytes(body)
+        kinds: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
+            ROUTED: ("/api/chat", body_file, ()),
+            UNREAD: ("/api/chat", body_file, ("Content-Encoding: identity",)),
+            VERSION: ("/api/version", None, ()),
+        }
+        self.say(
+            f"fleet: CPU per request of the chain's client, hey -c {p.concurrency}, "
+            f"{p.fleet_seconds:g} s per kind in {p.fleet_rounds} alternating rounds; "
+            f"chat: {len(body)} B ollama-python body, model {routecost.MODEL}, stream false"
+        )
+        cpu = {kind: dict.fromkeys(pids, 0.0) for kind in kinds}
+        runs: dict[str, list[load.HeyResult]] = {kind: [] for kind in kinds}
+        for _round in range(p.fleet_rounds):
+            for kind, (path, post_file, headers) in kinds.items():
+                before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+                runs[kind].append(
+                    load.run_hey(
+                        port,
+                        path,
+                        concurrency=p.concurrency,
+                        seconds=p.fleet_seconds / p.fleet_rounds,
+                        post_file=post_file,
+                        headers=headers,
+                    )
+                )
+                for role, pid in pids.items():
+                    cpu[kind][role] += cpu_seconds(pid) - before[role]
+        out: dict[str, Any] = {"body_bytes": len(body), "model": routecost.MODEL, "kinds": {}}
+        for kind in kinds:
+            h = load.combine_hey(runs[kind])
+            us = {role: cpu[kind][role] / h["requests"] * 1e6 for role in pids}
+            out["kinds"][kind] = {"hey": h, "cpu_us_per_request": us}
+            self.say(
+                f"  {kind:48} {h['rps']:5.0f} req/s  client {us['client']:5.0f} µs/req  "
+                f"server {us['server']:5.0f} µs/req"
+            )
+        self.results["fleet"]["cpu"] = out
+
 
 def post_json(port: int, path: str, value: Any) -> Any:
     req = urllib.request.Request(
@@ -382,6 +557,18 @@ def post_json(port: int, path: str, value: Any) -> Any:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(req, timeout=5) as resp:
         return json.loads(resp.read() or b"null")
+
+
+def merged_tags_answer(port: int, models: int) -> bool:
+    """Whether the client answers GET /api/tags itself (no X-Ollana-Server: not forwarded)
+    with every model of the fake's catalogue."""
+    code, body, headers = http_get(f"http://{HOST}:{port}/api/tags")
+    listed = json.loads(body).get("models") or [] if code == 200 else []
+    return header(headers, SERVER_HEADER) is None and len(listed) == models
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
 
 
 def first_model(port: int) -> str:
@@ -452,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="shorter runs, a 256 MiB upload (about 1-2 minutes)"
     )
-    parser.add_argument("--only", choices=["small", "fake"], help="run one part only")
+    parser.add_argument("--only", choices=["small", "fake", "fleet"], help="run one part only")
     parser.add_argument(
         "--keep", action="store_true", help="keep the temp dir (process logs, nginx configs)"
     )
@@ -495,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
             procs.close()
         if args.only in (None, "fake"):
             bench.attempt("streaming and upload", bench.with_fake)
+            procs.close()
+        if args.only in (None, "fleet"):
+            bench.attempt("fleet", bench.fleet)
     except KeyboardInterrupt:
         print("interrupted: stopping every process this run started", file=sys.stderr)
         return 130

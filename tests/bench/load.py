@@ -72,12 +72,27 @@ _HEY_STATUS = re.compile(r"^\s+\[(\d+)\]\s+(\d+) responses", re.MULTILINE)
 _HEY_ERROR = re.compile(r"^\s+\[(\d+)\]\s+(.+)$", re.MULTILINE)
 
 
-def run_hey(port: int, path: str, *, concurrency: int, seconds: float) -> HeyResult:
+def run_hey(
+    port: int,
+    path: str,
+    *,
+    concurrency: int,
+    seconds: float,
+    post_file: str | None = None,
+    headers: tuple[str, ...] = (),
+) -> HeyResult:
+    """``post_file``: POST that file's bytes as a JSON body (else GET); ``headers``: more
+    request headers, "Name: value"."""
     if HEY is None:
         raise BenchError("hey is not installed (apt-get install hey)")
     url = f"http://{HOST}:{port}{path}"
     # -cpus 1: the load generator keeps to one of the two cores, the proxies get the other.
-    argv = [HEY, "-z", f"{seconds:g}s", "-c", str(concurrency), "-cpus", "1", "-t", "10", url]
+    argv = [HEY, "-z", f"{seconds:g}s", "-c", str(concurrency), "-cpus", "1", "-t", "10"]
+    if post_file is not None:
+        argv += ["-m", "POST", "-T", "application/json", "-D", post_file]
+    for header in headers:
+        argv += ["-H", header]
+    argv.append(url)
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=seconds + 30, check=False
@@ -126,6 +141,7 @@ class SeqResult:
     p90_ms: float
     p99_ms: float
     mean_ms: float
+    p95_ms: float
 
 
 class RawHttp:
@@ -186,6 +202,7 @@ def seq_result(samples: list[float]) -> SeqResult:
         percentile(samples, 90),
         percentile(samples, 99),
         statistics.fmean(samples),
+        percentile(samples, 95),
     )
 
 

@@ -33,6 +33,12 @@ TLS_RATIO: Final = Target(">= 0.8", at_least=0.8)
 ADDED_P50_PER_HOP: Final = Target("<= 0.5 ms", at_most=0.5)
 ADDED_PER_CHUNK_CHAIN: Final = Target("< 5 ms", at_most=5.0, strict=True)
 RSS_GROWTH: Final = Target("< 50 MiB", at_most=50.0, strict=True)
+ROUTING_CPU: Final = Target("<= 30 µs", at_most=30.0)
+MERGED_TAGS_P50: Final = Target("<= 5 ms", at_most=5.0)
+# The request kinds of the fleet's end-to-end CPU figure (bench.py: route_cpu).
+CHAT_ROUTED: Final = "POST /api/chat (model read, routed)"
+CHAT_UNREAD: Final = "POST /api/chat, Content-Encoding: identity"
+VERSION: Final = "GET /api/version"
 
 
 def _get(d: dict[str, Any], *keys: str) -> Any:
@@ -72,6 +78,119 @@ def _figure(
 def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     small = results.get("small", {})
+    if small:  # (a run with --only fake or --only fleet has none)
+        out += small_figures(small)
+    stream = results.get("stream", {})
+    for topo in ("nginx 1 hop", "ollana 1 hop", "ollana chain"):
+        if topo not in stream:
+            continue
+        out.append(
+            _figure(
+                f"added time to first line, {topo}",
+                _sub(_get(stream, topo, "ttfc_p50_ms"), _get(stream, "direct", "ttfc_p50_ms")),
+                "ms",
+            )
+        )
+        out.append(
+            _figure(
+                f"added per-line latency p50, {topo}",
+                _sub(_get(stream, topo, "lag_p50_ms"), _get(stream, "direct", "lag_p50_ms")),
+                "ms",
+                ADDED_PER_CHUNK_CHAIN if topo == "ollana chain" else None,
+                "arrival minus the line's created_at, against direct",
+            )
+        )
+
+    upload = results.get("upload", {})
+    for topo in ("nginx 1 hop", "ollana 1 hop", "ollana chain"):
+        if topo in upload:
+            out.append(
+                _figure(
+                    f"upload throughput {topo} / direct",
+                    _div(_get(upload, topo, "mb_per_s"), _get(upload, "direct", "mb_per_s")),
+                    "x",
+                )
+            )
+    for topo in ("ollana 1 hop", "ollana chain"):
+        for role, growth in (_get(upload, topo, "rss_growth_mib") or {}).items():
+            out.append(
+                _figure(
+                    f"ollana {role} RSS growth during upload, {topo}", growth, "MiB", RSS_GROWTH
+                )
+            )
+    out += fleet_figures(results.get("fleet", {}))
+    return out
+
+
+def fleet_figures(fleet: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for name, case in (_get(fleet, "route_cost", "cases") or {}).items():
+        out.append(
+            _figure(
+                f"routing CPU per request, in process, {name}",
+                _num_at(case, "us_per_request", "median"),
+                "µs",
+                ROUTING_CPU,
+                "classify + read_body + FleetView.decide (3 servers) + begin/end; median of "
+                "repeats",
+            )
+        )
+    kinds = _get(fleet, "cpu", "kinds") or {}
+
+    def client_us(kind: str) -> float | None:
+        return _num_at(kinds, kind, "cpu_us_per_request", "client")
+
+    if kinds:
+        out.append(
+            _figure(
+                "routing CPU per request, end to end: chain client, chat read - chat unread",
+                _sub(client_us(CHAT_ROUTED), client_us(CHAT_UNREAD)),
+                "µs",
+                note="noisy (/proc CPU ticks, hey -c 16); same body and answer, model not read",
+            )
+        )
+        out.append(
+            _figure(
+                "routing CPU per request, end to end: chain client, chat - version",
+                _sub(client_us(CHAT_ROUTED), client_us(VERSION)),
+                "µs",
+                note="noisy; also relaying the 2 KB body and the larger answer: an upper bound",
+            )
+        )
+    tags = fleet.get("tags", {})
+
+    def p50(topo: str) -> float | None:
+        return _num_at(tags, topo, "p50_ms")
+
+    if tags:
+        out.append(
+            _figure(
+                "merged GET /api/tags p50, through the client (chain)",
+                p50("ollana chain"),
+                "ms",
+                MERGED_TAGS_P50,
+                "sequential, one keep-alive connection",
+            )
+        )
+        out.append(
+            _figure(
+                "merged GET /api/tags p50, chain / direct to the fake",
+                _div(p50("ollana chain"), p50("direct")),
+                "x",
+            )
+        )
+        out.append(
+            _figure(
+                "merged GET /api/tags p50, chain / ollana 1 hop",
+                _div(p50("ollana chain"), p50("ollana 1 hop")),
+                "x",
+            )
+        )
+    return out
+
+
+def small_figures(small: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
 
     def rps(topo: str) -> float | None:
         return _num_at(small, topo, "hey", "rps")
@@ -176,45 +295,6 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
             "added p50 per hop, nginx, hey -c 16", _sub(hey50("nginx 1 hop"), hey50("direct")), "ms"
         )
     )
-
-    stream = results.get("stream", {})
-    for topo in ("nginx 1 hop", "ollana 1 hop", "ollana chain"):
-        if topo not in stream:
-            continue
-        out.append(
-            _figure(
-                f"added time to first line, {topo}",
-                _sub(_get(stream, topo, "ttfc_p50_ms"), _get(stream, "direct", "ttfc_p50_ms")),
-                "ms",
-            )
-        )
-        out.append(
-            _figure(
-                f"added per-line latency p50, {topo}",
-                _sub(_get(stream, topo, "lag_p50_ms"), _get(stream, "direct", "lag_p50_ms")),
-                "ms",
-                ADDED_PER_CHUNK_CHAIN if topo == "ollana chain" else None,
-                "arrival minus the line's created_at, against direct",
-            )
-        )
-
-    upload = results.get("upload", {})
-    for topo in ("nginx 1 hop", "ollana 1 hop", "ollana chain"):
-        if topo in upload:
-            out.append(
-                _figure(
-                    f"upload throughput {topo} / direct",
-                    _div(_get(upload, topo, "mb_per_s"), _get(upload, "direct", "mb_per_s")),
-                    "x",
-                )
-            )
-    for topo in ("ollana 1 hop", "ollana chain"):
-        for role, growth in (_get(upload, topo, "rss_growth_mib") or {}).items():
-            out.append(
-                _figure(
-                    f"ollana {role} RSS growth during upload, {topo}", growth, "MiB", RSS_GROWTH
-                )
-            )
     return out
 
 
@@ -360,6 +440,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 ],
             ),
         ]
+    parts += fleet_markdown(res.get("fleet", {}), plan)
     idle = res.get("idle_rss_mib", {})
     if idle:
         parts += [
@@ -394,3 +475,121 @@ def markdown(doc: dict[str, Any]) -> str:
     if doc.get("failures"):
         parts += ["", "### Failures", ""] + [f"- {f.splitlines()[0]}" for f in doc["failures"]]
     return "\n".join(parts)
+
+
+def fleet_markdown(fleet: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    parts: list[str] = []
+    cost = fleet.get("route_cost")
+    if cost:
+        parts += [
+            "",
+            (
+                f"### Fleet: routing by model, CPU per request in process "
+                f"({cost['iterations']} requests per case, median of {cost['repeats']} repeats)"
+            ),
+            "",
+            (
+                f"`tests/bench/routecost.py`, no sockets: {cost['servers']} servers of "
+                f"{max(cost['models_per_server'].values())} models each, model "
+                f"`{cost['model']}` (on two, loaded on one). µs of process CPU time; the parts "
+                f"and the ClientRoute path over {cost['iterations_parts']} requests."
+            ),
+            "",
+            _table(
+                [
+                    "request body",
+                    "bytes",
+                    "model first",
+                    "routing µs/req (min)",
+                    "classify",
+                    "read_body",
+                    "decide + begin/end",
+                    "ClientRoute path µs",
+                    "path - version µs",
+                ],
+                [
+                    [
+                        name,
+                        str(c["body_bytes"]),
+                        "yes" if c["model_first"] else "no",
+                        f"{_num(c['us_per_request']['median'], 1)} ({_num(c['us_per_request']['min'], 1)})",
+                        _num(c["parts_us"]["classify"], 1),
+                        _num(c["parts_us"]["read_body"], 1),
+                        _num(c["parts_us"]["decide_begin_end"], 1),
+                        _num(c["client_route_us"]["median"], 1),
+                        _num(c["client_route_minus_version_us"], 1),
+                    ]
+                    for name, c in cost["cases"].items()
+                ],
+            ),
+            "",
+            (
+                "ClientRoute path = classify, read_body, `ClientRoute.targets` (usable servers, "
+                "decide, its debug line, the targets), begin, end, in an event loop task; for "
+                f"GET /api/version (no model) it is {_num(cost['client_route_version_us']['median'], 1)} µs, "
+                f"and the debug line alone (dropped at level info) "
+                f"{_num(cost['debug_line_us']['median'], 1)} µs. Machine speed reference: "
+                f"`sum(range(1000))` took {_num(cost['reference_sum_range_1000_us']['median'], 1)} µs."
+            ),
+        ]
+    cpu = fleet.get("cpu")
+    if cpu:
+        kinds = cpu["kinds"]
+        parts += [
+            "",
+            (
+                f"### Fleet: CPU per request of the chain's processes, hey -c {plan['concurrency']} "
+                f"against the client ({plan['fleet_seconds']:g} s per kind, "
+                f"{plan['fleet_rounds']} alternating rounds)"
+            ),
+            "",
+            _table(
+                ["request", "req/s", "p50 ms", "client CPU µs/req", "server CPU µs/req"],
+                [
+                    [
+                        kind,
+                        _num(k["hey"]["rps"], 0),
+                        _num(k["hey"]["p50_ms"], 1),
+                        _num(k["cpu_us_per_request"].get("client"), 0),
+                        _num(k["cpu_us_per_request"].get("server"), 0),
+                    ]
+                    for kind, k in kinds.items()
+                ],
+            ),
+            "",
+            (
+                f"chat: a {cpu['body_bytes']} B ollama-python body naming `{cpu['model']}`, "
+                "stream false, a small answer. With `Content-Encoding: identity` the client does "
+                "not read the body: it routes the chat as a request without a model, to the same "
+                "server, relaying the same bytes, so chat read - chat unread is what routing by "
+                "model adds end to end (one server here: decide has one candidate). Chat - "
+                "version also holds relaying the body and the larger answer. Both are "
+                "differences of /proc tick counts (10 ms) over a few thousand requests: noisy."
+            ),
+        ]
+    tags = fleet.get("tags")
+    if tags:
+        parts += [
+            "",
+            "### Fleet: GET /api/tags, sequential, one keep-alive connection",
+            "",
+            _table(
+                ["topology", "answered by", "models", "bytes", "p50 ms", "p95 ms", "p99 ms", "requests"],
+                [
+                    [
+                        name,
+                        "the client (merged view)"
+                        if name == "ollana chain" and not t.get("x_ollana_server")
+                        else ("the fake" if name == "direct" else f"{t.get('x_ollana_server')}"),
+                        str(t["models"]),
+                        str(t["body_bytes"]),
+                        _num(t["p50_ms"], 3),
+                        _num(t["p95_ms"], 3),
+                        _num(t["p99_ms"], 3),
+                        str(t["requests"]),
+                    ]
+                    for name, t in tags.items()
+                ],
+            ),
+        ]
+    return parts
