@@ -10,7 +10,7 @@ import enum
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from ollana.config import Endpoint
 from ollana.discovery.packet import Goodbye, Heartbeat
@@ -18,8 +18,14 @@ from ollana.discovery.packet import Goodbye, Heartbeat
 
 class Source(enum.Enum):
     MULTICAST = "multicast"
-    STATIC = "static"
+    STATIC = "static"  # --peer on the command line
+    SAVED = "saved"  # `ollana peer add` (peers.json in the state dir)
+    LEARNED = "learned"  # listed by a paired server (GET /ollana/v1/peers), its ID checked here
     LOCAL = "local"  # role both: this machine's own Ollama
+
+
+# Servers named by an address only: their device is the one their certificate names.
+BY_ADDRESS: Final = frozenset({Source.STATIC, Source.SAVED})
 
 
 class ChangeKind(enum.Enum):

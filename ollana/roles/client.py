@@ -16,7 +16,7 @@ import structlog
 
 from ollana.config import Role, Trust
 from ollana.discovery.packet import TRUST_DEVICES, Goodbye, Heartbeat, Packet, Probe
-from ollana.discovery.peers import Change, ChangeKind, Peer, PeerTable, Source
+from ollana.discovery.peers import BY_ADDRESS, Change, ChangeKind, Peer, PeerTable, Source
 from ollana.discovery.service import Discovery, interfaces_status
 from ollana.errors import UpstreamUnavailable
 from ollana.fleet.catalog import CATALOG_PATH, MAX_DOCUMENT, Catalog
@@ -26,6 +26,7 @@ from ollana.proxy import hostcheck
 from ollana.proxy.handler import STATUS_PATH, ProxyHandler
 from ollana.proxy.headers import hop_mark, is_from_ollana
 from ollana.ratelimit import RateLimiter
+from ollana.roles.beyond import Beyond
 from ollana.roles.client_route import ClientRoute, log_change
 from ollana.roles.local import LOCAL_RTT_MS, LocalServer
 from ollana.runtime import Ready, Runtime
@@ -57,6 +58,7 @@ class ClientNode:
         self._last_probe = -1e9
         self._tg: asyncio.TaskGroup | None = None
         self._checks: dict[tuple[str, int, str], asyncio.Task[None]] = {}
+        self._beyond: Beyond | None = None
         # Servers in the other trust mode: said once per node, never used.
         self._mismatch = RateLimiter(math.inf)
 
@@ -81,6 +83,8 @@ class ClientNode:
             self._apply(self._table.add_static(
                 endpoint, self._rt.clock(), scheme="https" if devices_mode else "http", trust=cfg.trust.value,
             ))
+        beyond = self._beyond = Beyond(self._rt, self._table, self._vetting, self._apply)  # saved, learned peers
+        beyond.start()
         busy = (
             "an Ollama (or another ollana) is probably already running on this machine; "
             "use `ollana serve --mode server` there, or choose another address with --listen"
@@ -96,6 +100,7 @@ class ClientNode:
                     tasks = [tg.create_task(self._expire_loop()), tg.create_task(self._health_loop())]
                     if self._rt.devices is not None:
                         tasks.append(tg.create_task(self._rt.devices.watch(cfg.timings.trust_poll, self._trust_tick, self._rt.reload)))
+                    tasks += [tg.create_task(loop) for loop in beyond.loops()]
                     self._probe()
                     log.info("serving", role="client", listen=str(bound), trust=cfg.trust.value)
                     ready(Ready(Role.CLIENT, bound, self._rt.node.node_id.hex()))
@@ -244,6 +249,8 @@ class ClientNode:
     # -- trust -----------------------------------------------------------------------------
 
     def _trust_tick(self, allowed_changed: bool) -> None:
+        if self._beyond is not None:
+            self._beyond.poll()  # peers.json rides on the trust store's poll (and SIGHUP)
         if not allowed_changed or self._vetting is None:
             return
         gone = self._vetting.forget_disallowed()
@@ -293,7 +300,7 @@ class ClientNode:
         vetting = self._vetting
         tls: ssl.SSLContext | None = None
         if vetting is not None:
-            if peer.source is Source.STATIC and not vetting.usable(peer):
+            if peer.source in BY_ADDRESS and not vetting.usable(peer):
                 await vetting.learn(peer)  # a static peer's device is the one its certificate names
             tls = vetting.context(peer)
             if tls is None:
@@ -326,7 +333,7 @@ class ClientNode:
             log_change(self._table.mark_failed(peer.key, self._rt.clock()))
             if vetting is not None and peer.device_id is not None:
                 await self._after_failed_check(vetting, peer, exc)
-            elif vetting is None and peer.source is Source.STATIC:
+            elif vetting is None and peer.source in BY_ADDRESS:
                 await self._tell_if_tls(peer)
             return
         if isinstance(body, dict):
@@ -355,7 +362,7 @@ class ClientNode:
             # The pinned context refused the certificate at that address: not the paired server.
             assert peer.device_id is not None
             vetting.impostor(peer.endpoint.host, peer.endpoint.port, peer.device_id, None)
-            if peer.source is Source.STATIC:
+            if peer.source in BY_ADDRESS:
                 peer.device_id = None  # learn again what is there now (it may have a new identity)
             return
         if vetting.refusing(peer) or not isinstance(exc, ValueError):

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ollana import __version__
 from ollana.config import OLLAMA_DEFAULT_PORT, Role, parse_endpoint
+from ollana.discovery.known import PEERS_PATH, KnownServers
 from ollana.discovery.net import Interface
 from ollana.discovery.packet import (
     TRUST_DEVICES,
@@ -129,11 +130,14 @@ class ServerNode:
         self._listener: Listener | None = None
         devices = rt.devices
         self._device_id = id_to_bytes(devices.device_id) if devices is not None else None
+        # Trust mode devices: the other servers heard, told to paired clients (learned peers).
+        self._known = KnownServers() if devices is not None else None
 
     async def run(self, shutdown: asyncio.Event, ready: Callable[[Ready], None]) -> None:
         cfg = self._rt.config
         handler = ProxyHandler(
-            self._rt.session, self._route, {STATUS_PATH: self._status, CATALOG_PATH: self._catalog},
+            self._rt.session, self._route, {STATUS_PATH: self._status, CATALOG_PATH: self._catalog,
+                                            **({PEERS_PATH: self._peers} if self._known is not None else {})},
             connect_timeout=cfg.timings.connect_timeout, replay_limit=0, mark=(SERVER_HEADER, self.label),
             hop=hop_mark(self._rt.node.node_id.hex()),
         )
@@ -231,6 +235,8 @@ class ServerNode:
         log.info("goodbye_sent")
 
     def _on_packet(self, packet: Packet, source: str, now: float) -> None:
+        if self._known is not None and isinstance(packet, (Heartbeat, Goodbye)):
+            self._known.heard(packet, source, now)
         if not isinstance(packet, Probe) or self._discovery is None or not self._health.up:
             return
         if now - self._last_probe_answer < PROBE_ANSWER_GAP:
@@ -266,6 +272,10 @@ class ServerNode:
                 await asyncio.wait_for(self._health.poked.wait(), timings.heartbeat_interval)
 
     # -- ollana's own endpoints -----------------------------------------------------------
+
+    def _peers(self) -> dict[str, Any]:
+        assert self._known is not None
+        return self._known.document(self._rt.clock())
 
     async def _catalog(self) -> dict[str, Any]:
         return (await self._keeper.current()).document()
