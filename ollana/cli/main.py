@@ -17,6 +17,7 @@ import structlog
 from ollana import __version__
 from ollana import log as logconf
 from ollana.cli.device import device
+from ollana.cli.doctor import doctor
 from ollana.cli.peer import peer
 from ollana.cli.peers import peers
 from ollana.config import (
@@ -277,6 +278,7 @@ def _fail(message: str, code: int) -> NoReturn:
 cli.add_command(device)
 cli.add_command(peers)
 cli.add_command(peer)
+cli.add_command(doctor)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final
 
 from ollana.fleet.names import model_key
@@ -38,7 +38,7 @@ _BLOBS: Final = "/api/blobs/"
 _V1_MODEL: Final = "/v1/models/"
 # A document whose first key names the model: {"model": "llama3.2", ...}. Anchored, so a
 # "model" key inside a nested object or a string can never match.
-_LEADING_NAME: Final = re.compile(rb'\A\s*\{\s*"(model|name|source)"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
+_LEADING_NAME: Final = re.compile(rb'\A\s*\{\s*"(model|name|source)"\s*:\s*"((?:[^"\\\x00-\x1f]|\\.){1,512})"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,16 +89,19 @@ def read_body(ask: Ask, data: bytes, *, whole: bool) -> Ask:
             if isinstance(doc.get(field), dict)
             for d in doc[field].values()
         )
-        return replace(ask, model=_name_in(doc, ask.path), blobs=blobs)
+        return Ask(ask.kind, ask.path, _name_in(doc, ask.path), blobs=blobs)
     match = _LEADING_NAME.match(data)
     if match is not None and _leads(match.group(1), ask.path, whole=whole):
+        raw = match.group(2)
         try:
-            return replace(ask, model=model_key(json.loads(b'"' + match.group(2) + b'"')))
+            # (A name with no escapes is its own text: no JSON decoding needed.)
+            name = raw.decode() if b"\\" not in raw else json.loads(b'"' + raw + b'"')
         except ValueError:
             return ask
+        return Ask(ask.kind, ask.path, model_key(name))
     if not whole:
         return ask
-    return replace(ask, model=_name_in(_document(data), ask.path))
+    return Ask(ask.kind, ask.path, _name_in(_document(data), ask.path))
 
 
 def _leads(key: bytes, path: str, *, whole: bool) -> bool:

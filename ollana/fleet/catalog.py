@@ -52,6 +52,7 @@ class Catalog:
         return key in self.resident
 
     def busy(self, key: str) -> int:
+        """Requests in flight for ``key`` on this server, as it counted them."""
         return self.inflight.get(key, 0)
 
     @property

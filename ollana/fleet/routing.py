@@ -9,15 +9,17 @@ check the order that comes out. The rules are in docs/routing.md.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, NamedTuple
 
 from ollana.fleet.asks import Ask, Kind
 from ollana.fleet.catalog import Catalog
 
+_EMPTY: Final[Mapping[str, int]] = MappingProxyType({})
 
-@dataclass(frozen=True, slots=True)
-class Server:
-    """One usable server as routing sees it."""
+
+class Server(NamedTuple):
+    """One usable server as routing sees it. (A tuple: built for every server on every request.)"""
 
     key: str
     healthy: bool = True
@@ -25,12 +27,12 @@ class Server:
     catalog: Catalog | None = None
     # This client's requests in flight to the server per model: now, and when the catalogue
     # was fetched (the catalogue's counts already include those).
-    own: Mapping[str, int] = field(default_factory=dict)
-    own_at_fetch: Mapping[str, int] = field(default_factory=dict)
+    own: Mapping[str, int] = _EMPTY
+    own_at_fetch: Mapping[str, int] = _EMPTY
 
     def load(self, model: str) -> int:
         """Requests for ``model`` running or queued there, counting this client's at once."""
-        reported = self.catalog.busy(model) if self.catalog is not None else 0
+        reported = self.catalog.inflight.get(model, 0) if self.catalog is not None else 0
         others = max(0, reported - self.own_at_fetch.get(model, 0))
         return others + self.own.get(model, 0)
 
@@ -40,14 +42,13 @@ class Server:
         return capacity - self.load(model)
 
     def holds(self, model: str) -> bool:
-        return self.catalog is not None and self.catalog.has(model)
+        return self.catalog is not None and model in self.catalog.present
 
     def has_loaded(self, model: str) -> bool:
-        return self.catalog is not None and self.catalog.is_loaded(model)
+        return self.catalog is not None and model in self.catalog.resident
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     order: tuple[str, ...]  # server keys, in the order to try them
     # Servers whose catalogue lists the model: a 404 "not found" from one of them means its
     # catalogue was stale, and the request is tried once more on another.
@@ -68,58 +69,56 @@ def decide(
 
     ``home``: every usable server's key in the order a request without a model takes (the
     current server first while healthy, then by RTT; unhealthy ones last). ``sticky``: model key
-    -> the server that model has been going to. ``affinity``: blob digest -> the server that has it.
+    -> the server that model has been going to. ``affinity``: blob digest -> the server that has
+    it (only read for blob uploads and creates).
     """
-    known = {s.key for s in servers}
     if ask.kind is Kind.BLOB or ask.blobs:
-        digests = (ask.digest,) if ask.kind is Kind.BLOB else ask.blobs
-        for digest in digests:
+        known = {s.key for s in servers}
+        for digest in (ask.digest,) if ask.kind is Kind.BLOB else ask.blobs:
             where = affinity.get(digest)
-            if where in known:
-                assert where is not None
+            if where is not None and where in known:
                 return Decision(_first(where, home), why="blob")
         if ask.kind is Kind.BLOB:
-            return Decision(tuple(home), why="home")
-    if not ask.model:
-        return Decision(tuple(home), why="home")
-    holders = [s for s in servers if s.holds(ask.model)]
+            return Decision(tuple(home))
+    model = ask.model
+    if not model:
+        return Decision(tuple(home))
+    holders = [s for s in servers if s.catalog is not None and model in s.catalog.present]
     if not holders:
         # Nobody has it: the home server answers as one Ollama would (404, or a pull).
         return Decision(tuple(home), why="no holder")
     held = frozenset(s.key for s in holders)
-    healthy = [s for s in holders if s.healthy]
-    down = [s.key for s in holders if not s.healthy]
-    current = sticky.get(ask.model)
+    down = tuple(s.key for s in holders if not s.healthy)
+    current = sticky.get(model)
     rank = {key: i for i, key in enumerate(home)}
+    # One row per healthy holder, computed once: (not loaded, free slots, nearness, rank, key).
+    rows = [
+        (model not in s.catalog.resident, s.free(model), s.rtt_ms is None, s.rtt_ms or 0.0, rank.get(s.key, 0), s.key)
+        for s in holders
+        if s.healthy and s.catalog is not None
+    ]
     if ask.kind is not Kind.INFER:
         # Reading or managing a model: the server it runs on, else a loaded copy, else nearest.
-        healthy.sort(key=lambda s: (s.key != current, not s.has_loaded(ask.model), _near(s), rank.get(s.key, 0)))
-        return Decision(tuple(s.key for s in healthy) + tuple(down), held, why="holder")
-    model = ask.model
-    order: list[Server] = []
-    why = "queue"
-    stay = next((s for s in healthy if s.key == current and s.free(model) > 0), None)
-    if stay is not None:
-        order.append(stay)
-        why = "current"
-    free = [s for s in healthy if s.free(model) > 0 and s is not stay]
+        rows.sort(key=lambda r: (r[5] != current, r[0], r[2], r[3], r[4]))
+        return Decision(tuple(r[5] for r in rows) + down, held, why="holder")
+    stay = next((r for r in rows if r[5] == current and r[1] > 0), None)
+    free = [r for r in rows if r[1] > 0 and r is not stay]
     # Loaded before merely present (no load time), then more free slots, then nearer.
-    free.sort(key=lambda s: (not s.has_loaded(model), -s.free(model), _near(s), rank.get(s.key, 0)))
-    full = [s for s in healthy if s.free(model) <= 0 and s is not stay]
+    free.sort(key=lambda r: (r[0], -r[1], r[2], r[3], r[4]))
+    full = [r for r in rows if r[1] <= 0 and r is not stay]
     # Every holder busy: the shortest queue, a loaded copy first when queues are equal.
-    full.sort(key=lambda s: (-s.free(model), not s.has_loaded(model), _near(s), rank.get(s.key, 0)))
-    if stay is None and free:
-        why = "loaded" if free[0].has_loaded(model) else "free slot"
-    order += free + full
+    full.sort(key=lambda r: (-r[1], r[0], r[2], r[3], r[4]))
+    order = ([stay] if stay is not None else []) + free + full
+    if stay is not None:
+        why = "current"
+    elif free:
+        why = "free slot" if free[0][0] else "loaded"
+    else:
+        why = "queue"
     stick = None
-    current_usable = any(s.key == current for s in healthy)
-    if order and not current_usable:
-        stick = order[0].key  # the model's first (or new) server: keep it there from now on
-    return Decision(tuple(s.key for s in order) + tuple(down), held, stick, why)
-
-
-def _near(server: Server) -> tuple[bool, float]:
-    return (server.rtt_ms is None, server.rtt_ms or 0.0)
+    if order and not any(r[5] == current for r in rows):
+        stick = order[0][5]  # the model's first (or new) server: keep it there from now on
+    return Decision(tuple(r[5] for r in order) + down, held, stick, why)
 
 
 def _first(key: str, home: Sequence[str]) -> tuple[str, ...]:

@@ -7,13 +7,14 @@ asks ``decide`` where a request goes, and reports requests beginning and ending.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Final
 
 from ollana.discovery.peers import Peer
 from ollana.fleet import merge
-from ollana.fleet.asks import Ask
+from ollana.fleet.asks import Ask, Kind
 from ollana.fleet.catalog import Catalog
 from ollana.fleet.names import model_key
 from ollana.fleet.routing import Decision, Server, decide
@@ -22,6 +23,8 @@ from ollana.fleet.routing import Decision, Server, decide
 # usually follows within seconds; a large upload may take many minutes).
 BLOB_MEMORY: Final = 30 * 60.0
 MAX_BLOBS: Final = 4096
+_NONE: Final[Mapping[str, int]] = MappingProxyType({})
+_NO_BLOBS: Final[Mapping[str, str]] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -101,20 +104,22 @@ class FleetView:
     # -- routing ---------------------------------------------------------------------------
 
     def decide(self, ask: Ask, peers: Sequence[Peer], home: Sequence[str], now: float) -> Decision:
-        servers = [self._server(p) for p in peers]
-        decision = decide(ask, servers, home, sticky=self._sticky, affinity=self._affinity(now))
+        known, own = self._known, self._own
+        servers = []
+        for p in peers:
+            k = known.get(p.key)
+            servers.append(Server(
+                p.key, p.healthy, p.rtt_ms,
+                k.catalog if k is not None else None,
+                own.get(p.key, _NONE),
+                k.own_at_fetch if k is not None else _NONE,
+            ))
+        blobs = ask.kind is Kind.BLOB or ask.blobs
+        affinity = self._affinity(now) if blobs else _NO_BLOBS
+        decision = decide(ask, servers, home, sticky=self._sticky, affinity=affinity)
         if decision.stick is not None and ask.model:
             self._sticky[ask.model] = decision.stick
         return decision
-
-    def _server(self, peer: Peer) -> Server:
-        known = self._known.get(peer.key)
-        return Server(
-            peer.key, peer.healthy, peer.rtt_ms,
-            known.catalog if known is not None else None,
-            self._own.get(peer.key, {}),
-            known.own_at_fetch if known is not None else {},
-        )
 
     def begin(self, key: str, model: str) -> None:
         if model:

@@ -10,7 +10,7 @@ import json
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import aiohttp
 import structlog
@@ -29,9 +29,11 @@ _NO_BODY_STATUSES: Final = frozenset({204, 304})
 SMALL_BODY: Final = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where a request goes: an upstream base URL, the Host it expects, and a key for bookkeeping."""
+class Target(NamedTuple):
+    """Where a request goes: an upstream base URL, the Host it expects, and a key for bookkeeping.
+
+    (A tuple: the client builds one per candidate server on every request.)
+    """
 
     key: str
     base_url: str

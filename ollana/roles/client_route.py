@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -151,6 +152,7 @@ class ClientRoute:
         self._probe = probe
         self._fetch_now = fetch_now  # a server's catalogue, awaited
         self._fetch_soon = fetch_soon  # ... in the background
+        self._debug = logging.getLogger(__name__)  # its level says whether to log each decision
         self._policy: Policy = policy or OpenPolicy()
         if local is not None:
             self._policy = WithLocal(self._policy, local.key)
@@ -206,7 +208,7 @@ class ClientRoute:
             return [target_of(chosen[0], policy.context(chosen[0]))]
         decision = self._view.decide(ask, peers, [p.key for p in peers], self._clock())
         by_key = {p.key: p for p in peers}
-        if ask.model:
+        if ask.model and self._debug.isEnabledFor(logging.DEBUG):  # (checked first: hot path)
             log.debug("routed", model=ask.model, why=decision.why, order=list(decision.order))
         return [
             target_of(by_key[k], policy.context(by_key[k]), listed=k in decision.holders)
