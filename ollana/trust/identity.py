@@ -173,7 +173,12 @@ def load(state_dir: Path) -> Identity:
 
 def load_or_create(state_dir: Path, hostname: str | None = None) -> Identity:
     """Load the identity, creating it only when both files are absent (first use)."""
-    identity = _load(state_dir)
+    try:
+        identity = _load(state_dir)
+    except IdentityError:
+        # Maybe half written by a process creating it right now (it holds the lock until both
+        # files are there): read again under the lock before calling it broken.
+        identity = None
     if identity is not None:
         return identity
     with _creation_lock(state_dir):

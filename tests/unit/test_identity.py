@@ -199,3 +199,25 @@ def test_cli_reset_identity_needs_yes(tmp_path: Path, run: Any) -> None:
     done = run("reset-identity", "--yes", "--state-dir", str(tmp_path))
     assert done.exit_code == 0 and f"Old device ID: {first.grouped}" in done.output
     assert identity.load(tmp_path).device_id != first.device_id
+
+
+def test_a_half_written_identity_is_read_again_under_the_creation_lock(tmp_path: Path) -> None:
+    """A `device show` next to a starting `serve` may see the key before the certificate: it
+    waits for the creator's lock instead of calling the identity broken."""
+    import fcntl
+    import os
+    import threading
+
+    first = identity.load_or_create(tmp_path / "a", "alpha")
+    state = tmp_path / "b"
+    state.mkdir(mode=0o700)
+    (state / first.key_path.name).write_bytes(first.key_path.read_bytes())  # key only, so far
+    lock = os.open(state / identity.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the "creator" holds the lock while it writes
+    result: list[identity.Identity] = []
+    reader = threading.Thread(target=lambda: result.append(identity.load_or_create(state, "alpha")))
+    reader.start()
+    (state / first.cert_path.name).write_bytes(first.cert_path.read_bytes())  # creation completes
+    os.close(lock)
+    reader.join(10)
+    assert result and result[0].device_id == first.device_id
