@@ -76,6 +76,14 @@ def _node(facts: Facts) -> list[Finding]:
     node = facts.node
     if node is None:
         why = f" ({facts.node_error})" if facts.node_error else ""
+        unasked = [p for p in facts.ports if p.holder is Holder.OLLANA]
+        if unasked:
+            return [_problem(
+                "node", f"an ollana answers at {unasked[0].address} ({unasked[0].detail}), but the doctor cannot ask "
+                "it what it sees: only its own key opens it",
+                "run the doctor with that ollana's state dir, as its user: `sudo ollana doctor --state-dir "
+                "/var/lib/ollana` (a service's), or `--state-dir` / OLLANA_HOME as given to `ollana serve`",
+            )]
         if any(p.holder is Holder.OLLAMA for p in facts.ports):
             return [_problem("node", f"an Ollama runs on this machine, but no ollana shares it on the LAN{why}",
                              "ollana serve   (it becomes a server; as a service: `sudo systemctl enable --now ollana`)")]

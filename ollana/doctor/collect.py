@@ -15,6 +15,8 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import netifaces
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from ollana import __version__
 from ollana.config import Endpoint
@@ -171,9 +173,11 @@ def _identify_tls(endpoint: Endpoint, me: Identity | None) -> tuple[PortFact, di
             der = tls.getpeercert(binary_form=True)
     except (OSError, ValueError) as exc:
         return PortFact(where, Holder.OTHER, f"accepts connections but speaks neither HTTP nor TLS ({exc})"), None
-    if me is None or not der or device_id_of(der) != me.device_id:
-        return PortFact(where, Holder.OTHER, "speaks TLS with a certificate that is not this device's (an ollana "
-                                             "with another state dir?)"), None
+    if not der or not _ollana_cert(der):
+        return PortFact(where, Holder.OTHER, "speaks TLS, with a certificate that is not an ollana's"), None
+    if me is None or device_id_of(der) != me.device_id:
+        return PortFact(where, Holder.OLLANA, f"ollana in trust mode devices (device {device_id_of(der)[:7]}), "
+                                              "with another state dir than this doctor's"), None
     try:
         status, _via, body = _get(endpoint, "/ollana/v1/status", client_tls(me.cert_pem, (me.cert_path, me.key_path)))
     except (OSError, http.client.HTTPException) as exc:
@@ -181,6 +185,15 @@ def _identify_tls(endpoint: Endpoint, me: Identity | None) -> tuple[PortFact, di
     if status == 200 and isinstance(body, dict):
         return _ollana(where, body), body
     return PortFact(where, Holder.OLLANA, f"ollana with this device's key (answers {status})"), None
+
+
+def _ollana_cert(der: bytes) -> bool:
+    """Whether a certificate is one ollana made (its common name says "ollana HOST")."""
+    try:
+        names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:
+        return False
+    return any(str(n.value).startswith("ollana") for n in names)
 
 
 def ollama_fact(url: str, ollama_host: str | None) -> OllamaFact:

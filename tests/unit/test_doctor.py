@@ -184,10 +184,15 @@ def test_a_healthy_client_has_no_problem() -> None:
 
 
 def test_no_ollana_running_says_start_it() -> None:
-    (p,) = problems(facts(node=None, node_error="asked 127.0.0.1:11434 and 127.0.0.1:11435", listened_s=0.0))
+    free = tuple(PortFact(f"127.0.0.1:{n}", Holder.FREE, "nothing listens") for n in (11434, 11435))
+    (p,) = problems(facts(node=None, node_error="asked 127.0.0.1:11434 and 127.0.0.1:11435", listened_s=0.0,
+                          ports=free))
     assert "no ollana runs on this machine" in p.what and p.fix[0].startswith("ollana serve")
     ollama_here = facts(node=None, ports=(PortFact("127.0.0.1:11434", Holder.OLLAMA, "Ollama 0.5.7"),))
     assert "an Ollama runs on this machine, but no ollana shares it" in problems(ollama_here)[0].what
+    other_key = PortFact("127.0.0.1:11435", Holder.OLLANA, "ollana in trust mode devices (device UFB5IGJ), ...")
+    (p,) = problems(facts(node=None, ports=(other_key,), listened_s=0.0))
+    assert "the doctor cannot ask it" in p.what and "--state-dir /var/lib/ollana" in p.fix[0]
 
 
 def test_firewall_drop_of_discovery_names_the_rule_and_the_fixes() -> None:
