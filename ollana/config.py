@@ -7,6 +7,7 @@ look at ``os.environ`` and tests build a ``Config`` directly.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ DISCOVERY_DEFAULT_PORT: Final = 11436
 # IPv4 Local Scope (RFC 2365, 239.255.0.0/16): administratively scoped, never routed off-site.
 # The last two octets spell the discovery port so the group is easy to recognise in a capture.
 DISCOVERY_DEFAULT_GROUP: Final = "239.255.11.36"
+# Link-local scope (ff02::/16: no router forwards it). The group ID 0x80110436 is in RFC 3307's
+# range of IDs IANA never assigns, so it meets no assigned or solicited-node group; it ends in
+# the port. Its Ethernet address is 33:33:80:11:04:36. See docs/protocol.md.
+DISCOVERY_DEFAULT_GROUP6: Final = "ff02::8011:436"
 
 
 class Mode(enum.Enum):
@@ -87,6 +92,8 @@ class Timings:
     grace: float = 10.0
     # How often a running node looks for `ollana device allow/disable` (devices.json).
     trust_poll: float = 0.5
+    # How often discovery looks at the network interfaces (appeared, gone, readdressed, recreated).
+    interface_poll: float = 1.0
 
     @property
     def health_interval(self) -> float:
@@ -104,6 +111,7 @@ class Config:
     discovery: bool = True
     discovery_port: int = DISCOVERY_DEFAULT_PORT
     discovery_group: str = DISCOVERY_DEFAULT_GROUP
+    discovery_group6: str = DISCOVERY_DEFAULT_GROUP6
     interfaces: tuple[str, ...] = ()
     static_peers: tuple[Endpoint, ...] = ()
     state_dir: Path = Path(".")
@@ -140,6 +148,20 @@ def parse_port(text: str, *, what: str = "port") -> int:
     if not 0 <= port <= 65535:
         raise ConfigError(f"invalid {what} {text!r}: must be 0-65535")
     return port
+
+
+def parse_group(text: str, version: int) -> str:
+    """A discovery multicast group: IPv4 any multicast address; IPv6 a link-local-scope one
+    (``ff02::/16``, or another flags nibble with scope 2), since discovery is for the link."""
+    try:
+        addr = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise ConfigError(f"invalid multicast group {text!r}: not an IP address") from None
+    if addr.version != version or not addr.is_multicast:
+        raise ConfigError(f"invalid multicast group {text!r}: not an IPv{version} multicast address")
+    if version == 6 and addr.packed[1] & 0x0F != 2:
+        raise ConfigError(f"invalid multicast group {text!r}: not of link-local scope (ff02::/16)")
+    return str(addr)
 
 
 def parse_endpoint(text: str, *, default_host: str = "0.0.0.0", default_port: int | None = None) -> Endpoint:
