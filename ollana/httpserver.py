@@ -52,7 +52,10 @@ async def listening(
     )
     runner = web.ServerRunner(server, shutdown_timeout=grace, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True, ssl_context=ssl_context)
+    # 0.0.0.0 means every address, IPv6 ones too, as Ollama (Go) reads it: an IPv6-only LAN
+    # reaches the server proxy. (Port 0 would give each family its own port: IPv4 only then.)
+    host = None if endpoint.host == "0.0.0.0" and endpoint.port else endpoint.host
+    site = web.TCPSite(runner, host, endpoint.port, reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:

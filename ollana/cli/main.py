@@ -22,6 +22,7 @@ from ollana.cli.peer import peer
 from ollana.cli.peers import peers
 from ollana.config import (
     DISCOVERY_DEFAULT_GROUP,
+    DISCOVERY_DEFAULT_GROUP6,
     DISCOVERY_DEFAULT_PORT,
     Config,
     LogFormat,
@@ -30,6 +31,7 @@ from ollana.config import (
     Trust,
     default_state_dir,
     parse_endpoint,
+    parse_group,
     parse_ollama_host,
     parse_parallel,
 )
@@ -49,6 +51,15 @@ def _endpoint(_ctx: click.Context, _param: click.Parameter, value: str | None) -
         return parse_endpoint(value)
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _group(version: int) -> Callable[[click.Context, click.Parameter, str], str]:
+    def check(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+        try:
+            return parse_group(value, version)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return check
 
 
 def _peers(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> Any:
@@ -85,7 +96,9 @@ def cli() -> None:
 @click.option("--discovery-port", type=click.IntRange(1, 65535), default=DISCOVERY_DEFAULT_PORT, show_default=True,
               help="UDP port of discovery heartbeats and probes.")
 @click.option("--multicast-group", default=DISCOVERY_DEFAULT_GROUP, show_default=True, metavar="IPV4",
-              help="IPv4 multicast group of discovery (administratively scoped).")
+              callback=_group(4), help="IPv4 multicast group of discovery (administratively scoped).")
+@click.option("--multicast-group6", default=DISCOVERY_DEFAULT_GROUP6, show_default=True, metavar="IPV6",
+              callback=_group(6), help="IPv6 multicast group of discovery (link-local scope, ff02::/16).")
 @click.option("--interface", "interfaces", multiple=True, metavar="NAME",
               help="Run discovery on this interface (repeatable). Default: every up, multicast-capable, non-loopback one.")
 @click.option("--heartbeat-interval", type=click.FloatRange(0.05, 3600), default=2.0, show_default=True, metavar="SECONDS",
@@ -162,6 +175,7 @@ def build_config(opts: Mapping[str, Any], env: Mapping[str, str], *, is_root: bo
         discovery=not opts.get("no_discovery"),
         discovery_port=int(opts.get("discovery_port") or DISCOVERY_DEFAULT_PORT),
         discovery_group=str(opts.get("multicast_group") or DISCOVERY_DEFAULT_GROUP),
+        discovery_group6=str(opts.get("multicast_group6") or DISCOVERY_DEFAULT_GROUP6),
         interfaces=tuple(opts.get("interfaces") or ()),
         static_peers=tuple(opts.get("peers") or ()),
         state_dir=Path(state_dir),

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ollana.config import Endpoint
+from ollana.discovery.links import preference
 from ollana.discovery.packet import Goodbye, Heartbeat
 
 
@@ -72,6 +73,7 @@ class Peer:
             "id": self.key,
             "hostname": self.hostname,
             "address": self.endpoint.host,
+            "endpoint": str(self.endpoint),  # bracketed when IPv6: [fe80::1%eth0]:11435
             "port": self.endpoint.port,
             "scheme": self.scheme,
             "source": self.source.value,
@@ -146,6 +148,26 @@ class PeerTable:
         if peer is None or peer.instance_id != bye.instance_id.hex():
             return None
         return self._remove(key, ChangeKind.REMOVED)
+
+    def forget_addresses(self, gone: Collection[str], now: float) -> list[Change]:
+        """Addresses that no longer reach us (heard only on a link that vanished or changed
+        network): a discovered server moves to its best other fresh address, or is dropped."""
+        changes: list[Change] = []
+        for peer in list(self._peers.values()):
+            if peer.source is not Source.MULTICAST or not gone:
+                continue
+            for addr in gone:
+                peer.addresses.pop(addr, None)
+            if peer.endpoint.host not in gone:
+                continue
+            fresh = {a: seen for a, seen in peer.addresses.items() if now - seen <= peer.ttl}
+            if fresh:
+                best = min(fresh, key=lambda a: (preference(a), -fresh[a]))
+                peer.endpoint = Endpoint(best, peer.endpoint.port)
+                changes.append(Change(ChangeKind.MOVED, peer))
+            elif (change := self._remove(peer.key, ChangeKind.EXPIRED)) is not None:
+                changes.append(change)
+        return changes
 
     def add_static(
         self, endpoint: Endpoint, now: float, *, scheme: str = "http", trust: str = "open",
@@ -234,8 +256,9 @@ def heartbeat_effect(
     """What a heartbeat from ``source_ip`` does to the entry ``peer`` (None: not known yet).
 
     ADDED for a new node; RESTARTED for a new instance of a known one (it starts afresh at the
-    heartbeat's address); MOVED when its port changed or its current address went quiet for a
-    whole TTL while this one speaks; None when it only refreshes the entry.
+    heartbeat's address); MOVED when its port changed, its current address went quiet for a
+    whole TTL while this one speaks, or this one is preferred (``links.preference``: IPv4, then
+    IPv6, link-local last); None when it only refreshes the entry.
     """
     if peer is None:
         return ChangeKind.ADDED
@@ -245,6 +268,8 @@ def heartbeat_effect(
     current_fresh = now - peer.addresses.get(peer.endpoint.host, -math.inf) <= ttl
     if peer.endpoint.port != hb.proxy_port or not current_fresh:
         return ChangeKind.MOVED
+    if preference(source_ip) < preference(peer.endpoint.host):
+        return ChangeKind.MOVED  # a dual-stack server: IPv4 before IPv6, link-local last
     return None
 
 

@@ -14,10 +14,11 @@ from typing import Any
 import aiohttp
 import structlog
 
-from ollana.config import Role, Trust
+from ollana.config import Endpoint, Role, Trust
+from ollana.discovery.links import LinkChange
 from ollana.discovery.packet import TRUST_DEVICES, Goodbye, Heartbeat, Packet, Probe
 from ollana.discovery.peers import BY_ADDRESS, Change, ChangeKind, Peer, PeerTable, Source
-from ollana.discovery.service import Discovery, interfaces_status
+from ollana.discovery.service import Discovery, discovery_status, interfaces_status
 from ollana.errors import UpstreamUnavailable
 from ollana.fleet.catalog import CATALOG_PATH, MAX_DOCUMENT, Catalog
 from ollana.fleet.view import FleetView
@@ -92,7 +93,7 @@ class ClientNode:
         async with listening(handler, self._listen, grace=cfg.timings.grace, busy_hint=busy) as listener:
             bound = self._listen = listener.endpoint
             self._discovery = await Discovery.started(
-                cfg, self._rt.node.instance_id, self._rt.clock, self._on_packet
+                cfg, self._rt.node.instance_id, self._rt.clock, self._on_packet, self._on_links
             )
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -192,6 +193,14 @@ class ClientNode:
         elif isinstance(packet, Goodbye):
             self._apply(self._table.goodbye(packet))
 
+    def _on_links(self, change: LinkChange) -> None:
+        # Servers heard only through a link that vanished (or no longer reaches them) are gone;
+        # on a new link (or a new network), ask its servers to announce themselves now.
+        for gone in self._table.forget_addresses(change.stranded, self._rt.clock()):
+            self._apply(gone)
+        if change.new:
+            self._probe()
+
     def _on_heartbeat(self, hb: Heartbeat, source: str, now: float) -> None:
         ours = self._rt.config.trust.value
         if hb.trust != ours:
@@ -223,7 +232,7 @@ class ClientNode:
             reason = ("the server runs --trust open (plain HTTP, no device checks) and this client runs trust "
                       "mode devices, which never sends prompts in the clear; run both in the same mode")
         log.warning("server_ignored", node=hb.node_id.hex(), hostname=hb.hostname or None,
-                    address=f"{source}:{hb.proxy_port}", server_trust=hb.trust,
+                    address=str(Endpoint(source, hb.proxy_port)), server_trust=hb.trust,
                     client_trust=self._rt.config.trust.value, reason=reason)
 
     def _start_check(self, hb: Heartbeat, source: str, device_id: str) -> None:
@@ -240,7 +249,7 @@ class ClientNode:
                 if await vetting.check(source, hb.proxy_port, device_id, hb.hostname):
                     self._observe(hb, source, self._rt.clock(), device_id)
             except Exception:  # whatever a remote host sends, the node must go on
-                log.exception("server_check_crashed", address=f"{source}:{hb.proxy_port}")
+                log.exception("server_check_crashed", address=str(Endpoint(source, hb.proxy_port)))
             finally:
                 self._checks.pop(where, None)
 
@@ -263,14 +272,10 @@ class ClientNode:
 
     async def _expire_loop(self) -> None:
         period = self._rt.config.timings.heartbeat_interval / 4
-        tick = 0
         while True:
             await asyncio.sleep(period)
             for change in self._table.expire(self._rt.clock()):
                 self._apply(change)
-            tick += 1
-            if self._discovery is not None and tick % 20 == 0:
-                self._discovery.refresh_interfaces()
 
     # -- health ----------------------------------------------------------------------------
 
@@ -355,6 +360,7 @@ class ClientNode:
         usable = self._route_policy_usable
         body["peers"] = [{**p.status(now), "paired": usable(p), **self._view.summary(p.key)} for p in self._table]
         body["interfaces"] = interfaces_status(self._discovery)
+        body["discovery"] = discovery_status(self._discovery)
         return body
 
     async def _after_failed_check(self, vetting: ServerVetting, peer: Peer, exc: BaseException) -> None:

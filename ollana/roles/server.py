@@ -14,7 +14,7 @@ from aiohttp import web
 from ollana import __version__
 from ollana.config import OLLAMA_DEFAULT_PORT, Role, parse_endpoint
 from ollana.discovery.known import PEERS_PATH, KnownServers
-from ollana.discovery.net import Interface
+from ollana.discovery.links import Link, LinkChange
 from ollana.discovery.packet import (
     TRUST_DEVICES,
     TRUST_OPEN,
@@ -24,7 +24,7 @@ from ollana.discovery.packet import (
     Probe,
     clip,
 )
-from ollana.discovery.service import Discovery, interfaces_status
+from ollana.discovery.service import Discovery, discovery_status, interfaces_status
 from ollana.fleet.asks import Ask, Kind
 from ollana.fleet.catalog import CATALOG_PATH, SERVER_HEADER
 from ollana.fleet.keeper import CatalogKeeper
@@ -153,7 +153,7 @@ class ServerNode:
             self._listener = listener
             bound = self._listen = listener.endpoint
             self._discovery = await Discovery.started(
-                cfg, self._rt.node.instance_id, self._rt.clock, self._on_packet
+                cfg, self._rt.node.instance_id, self._rt.clock, self._on_packet, self._on_links
             )
             try:
                 log.info("serving", role="server", listen=str(bound), upstream=cfg.ollama_url,
@@ -205,7 +205,7 @@ class ServerNode:
 
     # -- discovery -------------------------------------------------------------------------
 
-    def _heartbeat(self, iface: Interface) -> Heartbeat:
+    def _heartbeat(self, iface: Link) -> Heartbeat:
         assert self._discovery is not None
         return Heartbeat(
             node_id=self._rt.node.node_id,
@@ -245,9 +245,13 @@ class ServerNode:
         log.debug("probe_answered", source=source)
         self._discovery.send(self._heartbeat)
 
+    def _on_links(self, change: LinkChange) -> None:
+        # A link that appeared, or came back recreated or readdressed: announce there at once.
+        if change.new and self._discovery is not None and self._announcing:
+            self._discovery.send(self._heartbeat, only=change.new)
+
     async def _announce_loop(self) -> None:
         timings = self._rt.config.timings
-        tick = 0
         while True:
             changed = await self._health.check()
             if self._health.up:
@@ -259,9 +263,6 @@ class ServerNode:
                          upstream=self._rt.config.ollama_url, version=self._health.version or None,
                          error=self._health.last_error or None)
             if self._discovery is not None:
-                if tick % 5 == 0:
-                    self._discovery.refresh_interfaces()
-                tick += 1
                 if self._health.up:
                     self._announcing = True
                     self._discovery.send(self._heartbeat)
@@ -299,5 +300,6 @@ class ServerNode:
             "loaded": len(catalog.loaded),
         }
         body["interfaces"] = interfaces_status(self._discovery)
+        body["discovery"] = discovery_status(self._discovery)
         return body
 
