@@ -21,6 +21,7 @@ from typing import Final
 import structlog
 from cryptography.hazmat.primitives import serialization
 
+from ollana.config import bracketed
 from ollana.errors import OllanaError, UpstreamUnavailable
 from ollana.trust.document import sanitize_label
 from ollana.trust.identity import Identity, device_id_of, device_id_of_pem, grouped, load_cert_pem
@@ -182,7 +183,7 @@ async def fetch_peer_cert(host: str, port: int, timeout: float) -> bytes:
             _reader, writer = await asyncio.open_connection(host, port, ssl=client_tls(None))
     except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
         raise UpstreamUnavailable(
-            f"cannot fetch the certificate of {host}:{port}: {exc!r}"
+            f"cannot fetch the certificate of {bracketed(host)}:{port}: {exc!r}"
         ) from exc
     try:
         ssl_object = writer.get_extra_info("ssl_object")
@@ -190,7 +191,7 @@ async def fetch_peer_cert(host: str, port: int, timeout: float) -> bytes:
     finally:
         writer.transport.abort()  # a probe: no close_notify round trip to wait for
     if not der:
-        raise UpstreamUnavailable(f"{host}:{port} presented no certificate")
+        raise UpstreamUnavailable(f"{bracketed(host)}:{port} presented no certificate")
     return bytes(der)
 
 

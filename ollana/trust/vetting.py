@@ -150,7 +150,7 @@ class ServerVetting:
         allowed, _ = self._warned.allow(f"impostor/{address}", self._clock())
         if allowed:
             log.warning(
-                "server_identity_mismatch", address=f"{address}:{port}", announced=grouped(announced),
+                "server_identity_mismatch", address=f"{bracketed(address)}:{port}", announced=grouped(announced),
                 presented=grouped(actual) if actual else None,
                 paired=self._devices.store.is_allowed(announced),
                 action="ignored: it gets no requests",
@@ -172,7 +172,7 @@ class ServerVetting:
         new = self._devices.store.record_pending(device_id, cert_pem, hostname, address, PeerKind.SERVER, self._devices.wall())
         if new:
             log.info("device_pending", kind="server", device_id=grouped(device_id), hostname=hostname,
-                     address=f"{address}:{port}", hint=f"ollana device allow {short(device_id)}")
+                     address=f"{bracketed(address)}:{port}", hint=f"ollana device allow {short(device_id)}")
         self._say_once(
             f"unpaired/{device_id}", "server_not_paired", device_id, address, port, hostname,
             reason="not allowed on this device: it gets no requests",
@@ -199,10 +199,10 @@ class ServerVetting:
             ) as resp:
                 body = await resp.json(content_type=None)
                 status = body.get("status") if isinstance(body, dict) else None
-                log.info("hello_sent", server=grouped(device_id), address=f"{address}:{port}",
+                log.info("hello_sent", server=grouped(device_id), address=f"{bracketed(address)}:{port}",
                          http_status=resp.status, answer=status)
         except (TimeoutError, aiohttp.ClientError, ValueError, OSError) as exc:
-            log.info("hello_failed", server=grouped(device_id), address=f"{address}:{port}",
+            log.info("hello_failed", server=grouped(device_id), address=f"{bracketed(address)}:{port}",
                      error=str(exc) or type(exc).__name__)
 
     def refusing(self, peer: Peer) -> bool:
@@ -238,7 +238,7 @@ class ServerVetting:
         allowed, _ = self._warned.allow(key, self._clock())
         if allowed:
             log.warning(event, server=grouped(device_id), hostname=hostname or None,
-                        address=f"{address}:{port}", **fields)
+                        address=f"{bracketed(address)}:{port}", **fields)
 
     def unpaired_hint(self, peers: list[Peer]) -> str | None:
         """What to tell an app whose request found only servers this device may not use."""
