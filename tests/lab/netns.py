@@ -44,7 +44,10 @@ REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 
 SUBNET4: Final = "10.77.0"
 SUBNET6: Final = "fd77::"
-MAX_HOSTS: Final = 254
+# Network n of the lab (bridge br<n> in the hub): 10.<77+n>.0.0/24 and fd<77+n>::/64. A router
+# (``Lab.add_router``) has address .254 / ::254 on each network it joins.
+ROUTER_INDEX: Final = 254
+MAX_HOSTS: Final = 253
 STOP_GRACE: Final = 3.0
 
 # ol<pid>-<4 hex>-<host>: the pid lets a later run tell a dead run's leftovers from a
@@ -240,15 +243,24 @@ class _Proc:
 class Host:
     """One machine of the lab: a namespace with ``lo`` and ``eth0`` on the shared LAN."""
 
-    def __init__(self, lab: Lab, name: str, index: int) -> None:
+    def __init__(self, lab: Lab, name: str, index: int, *, network: int = 0, ipv4: bool = True) -> None:
         self._lab = lab
         self.name: Final = name
         self.index: Final = index
         self.ns: Final = lab.prefix + name
-        self.ip: Final = f"{SUBNET4}.{index}"
-        self.ip6: Final = f"{SUBNET6}{index}"
+        # An IPv6-only host (ipv4=False) has no IPv4 address on eth0 (``ip`` is then unused).
+        self.ipv4: Final = ipv4
+        self.network = network
         self.dir: Final = lab.log_dir / name
         self._procs: list[_Proc] = []
+
+    @property
+    def ip(self) -> str:
+        return f"10.{77 + self.network}.0.{self.index}"
+
+    @property
+    def ip6(self) -> str:
+        return f"fd{77 + self.network}::{self.index}"
 
     def __repr__(self) -> str:
         return f"Host(name={self.name!r}, ns={self.ns!r}, ip={self.ip!r})"
@@ -445,6 +457,22 @@ class Host:
         self._lab.ip_in(self.ns, "link", "set", "eth0", "up")
         self._lab.configure_addresses(self)
 
+    def recreate_link(self) -> None:
+        """Delete ``eth0`` (and its veth peer) and create it again: same name, same MAC, same
+        addresses (so the same link-local one too); only the kernel's interface index changes."""
+        mac = self._lab.ip_in(self.ns, "-br", "link", "show", "eth0").split()[2]
+        self._lab.ip_in(self.ns, "link", "del", "eth0")
+        self._lab.plug(self, mac=mac)
+
+    def move_to(self, network: int) -> None:
+        """The laptop moves: ``eth0`` is plugged into network ``network`` (same interface, same
+        index) and takes that network's addresses; the link-local one stays."""
+        lab = self._lab
+        lab.ip_in(lab.hub, "link", "set", f"p{self.index}", "master", lab.bridge(network))
+        lab.ip_in(self.ns, "addr", "flush", "dev", "eth0", "scope", "global")
+        self.network = network
+        lab.configure_addresses(self)
+
     def drop_udp(self, port: int, probability: float) -> None:
         """Drop incoming UDP to ``port`` (IPv4 and IPv6) with the given probability."""
         if not 0.0 < probability <= 1.0:
@@ -480,14 +508,12 @@ class Lab:
         self.log_dir: Final = Path(tempfile.mkdtemp(prefix=_LOG_DIR_PREFIX + self.prefix))
         self._keep_logs = keep_logs
         self._hosts: dict[str, Host] = {}
+        self._bridges: set[str] = set()
         self._namespaces: list[str] = []
         self._closed = False
         try:
             self._add_namespace(self.hub)
-            # No snooping: like a cheap LAN switch, flood multicast to every port so
-            # delivery never depends on IGMP timing.
-            self.ip_in(self.hub, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
-            self.ip_in(self.hub, "link", "set", "br0", "up")
+            self.bridge(0)
         except BaseException as exc:
             self.close()
             if isinstance(exc, CommandFailed):
@@ -525,8 +551,9 @@ class Lab:
         if self._closed:
             raise LabError("the lab is closed")
 
-    def add_host(self, name: str) -> Host:
-        """Create a host on the LAN with the next free address (10.77.0.1, .2, ...)."""
+    def add_host(self, name: str, *, network: int = 0, ipv4: bool = True) -> Host:
+        """Create a host on network ``network`` (0: the LAN, 10.77.0.0/24) with the next free
+        address (10.77.0.1, .2, ...); ``ipv4=False``: an IPv6-only host."""
         self.check_open()
         if not _HOST_NAME.match(name) or name == _HUB:
             raise ValueError(f"bad host name {name!r}: [a-z0-9_], at most 16 chars, not {_HUB!r}")
@@ -535,35 +562,78 @@ class Lab:
         index = len(self._hosts) + 1
         if index > MAX_HOSTS:
             raise LabError(f"the lab subnet holds at most {MAX_HOSTS} hosts")
-        host = Host(self, name, index)
+        host = Host(self, name, index, network=network, ipv4=ipv4)
         host.dir.mkdir()
-        ns, peer = host.ns, f"p{index}"  # peer names stay far below IFNAMSIZ (15)
-        self._add_namespace(ns)
-        # Created directly inside the two namespaces: never visible in the root one.
-        _run_checked([
-            self.ip_bin, "link", "add", "eth0", "netns", ns,
-            "type", "veth", "peer", "name", peer, "netns", self.hub,
-        ])  # fmt: skip
-        self.ip_in(self.hub, "link", "set", peer, "master", "br0")
-        self.ip_in(self.hub, "link", "set", peer, "up")
-        self.ip_in(ns, "link", "set", "lo", "up")
-        # Skip IPv6 duplicate address detection so link-local addresses work at once.
-        _run_checked([
-            self.ip_bin, "netns", "exec", ns, "sh", "-c",
-            "echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad",
-        ])  # fmt: skip
-        self.ip_in(ns, "link", "set", "eth0", "up")
-        self.configure_addresses(host)
+        self._add_namespace(host.ns)
+        self.ip_in(host.ns, "link", "set", "lo", "up")
+        self.plug(host)
         self._hosts[name] = host
         return host
 
+    def bridge(self, network: int) -> str:
+        """The bridge of network ``network`` in the hub, created the first time it is asked for."""
+        name = f"br{network}"
+        if name not in self._bridges:
+            # No snooping: like a cheap LAN switch, flood multicast to every port so delivery
+            # never depends on IGMP/MLD timing.
+            self.ip_in(self.hub, "link", "add", name, "type", "bridge", "mcast_snooping", "0")
+            self.ip_in(self.hub, "link", "set", name, "up")
+            self._bridges.add(name)
+        return name
+
+    def _veth(self, ns: str, dev: str, peer: str, network: int, mac: str | None = None) -> None:
+        # Created directly inside the two namespaces: never visible in the root one.
+        _run_checked([
+            self.ip_bin, "link", "add", dev, *(["address", mac] if mac else []), "netns", ns,
+            "type", "veth", "peer", "name", peer, "netns", self.hub,
+        ])  # fmt: skip
+        self.ip_in(self.hub, "link", "set", peer, "master", self.bridge(network))
+        self.ip_in(self.hub, "link", "set", peer, "up")
+        # Skip IPv6 duplicate address detection so link-local addresses work at once.
+        _run_checked([
+            self.ip_bin, "netns", "exec", ns, "sh", "-c",
+            f"echo 0 > /proc/sys/net/ipv6/conf/{dev}/accept_dad",
+        ])  # fmt: skip
+        self.ip_in(ns, "link", "set", dev, "up")
+
+    def plug(self, host: Host, mac: str | None = None) -> None:
+        """Give ``host`` its ``eth0`` on its network, with its addresses and routes."""
+        self._veth(host.ns, "eth0", f"p{host.index}", host.network, mac)  # names far below IFNAMSIZ
+        self.configure_addresses(host)
+
     def configure_addresses(self, host: Host) -> None:
         """(Re)apply the host's addresses and default routes; safe to repeat."""
-        self.ip_in(host.ns, "addr", "replace", f"{host.ip}/24", "dev", "eth0")
+        if host.ipv4:
+            self.ip_in(host.ns, "addr", "replace", f"{host.ip}/24", "dev", "eth0")
         self.ip_in(host.ns, "addr", "replace", f"{host.ip6}/64", "dev", "eth0", "nodad")
-        # A default route, as on a real LAN, so multicast sends find an interface.
-        self.ip_in(host.ns, "route", "replace", "default", "dev", "eth0")
-        self.ip_in(host.ns, "-6", "route", "replace", "default", "dev", "eth0")
+        # A default route, as on a real LAN, so multicast sends find an interface; off the
+        # first network, through the router (``add_router``).
+        if host.network == 0:
+            via4, via6 = ["dev", "eth0"], ["dev", "eth0"]
+        else:
+            via4 = ["via", f"10.{77 + host.network}.0.{ROUTER_INDEX}", "dev", "eth0"]
+            via6 = ["via", f"fd{77 + host.network}::{ROUTER_INDEX}", "dev", "eth0"]
+        if host.ipv4:
+            self.ip_in(host.ns, "route", "replace", "default", *via4)
+        self.ip_in(host.ns, "-6", "route", "replace", "default", *via6)
+
+    def add_router(self, name: str, networks: Sequence[int] = (0, 1)) -> str:
+        """A router namespace with ``eth<n>`` on each network ``n`` (address .254 / ::254) that
+        forwards between them (unicast only: no multicast routing). Returns its namespace."""
+        self.check_open()
+        ns = self.prefix + name
+        self._add_namespace(ns)
+        self.ip_in(ns, "link", "set", "lo", "up")
+        for n in networks:
+            dev = f"eth{n}"
+            self._veth(ns, dev, f"r{n}", n)
+            self.ip_in(ns, "addr", "replace", f"10.{77 + n}.0.{ROUTER_INDEX}/24", "dev", dev)
+            self.ip_in(ns, "addr", "replace", f"fd{77 + n}::{ROUTER_INDEX}/64", "dev", dev, "nodad")
+        _run_checked([
+            self.ip_bin, "netns", "exec", ns, "sh", "-c",
+            "echo 1 > /proc/sys/net/ipv4/ip_forward && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
+        ])  # fmt: skip
+        return ns
 
     def ip_in(self, ns: str, *args: str) -> str:
         """Run ``ip -n ns args...`` (configuration only, no traffic)."""
@@ -611,7 +681,7 @@ class Lab:
         parts: list[str] = []
         for host in self.hosts:
             for name in host.log_names():
-                header = f"===== {host.name} ({host.ip}) {name}.log ====="
+                header = f"===== {host.name} ({host.ip if host.ipv4 else host.ip6}) {name}.log ====="
                 parts.append(f"{header}\n{_tail(host.read_log(name), lines)}")
         return "\n".join(parts) if parts else "(no lab logs)"
 
