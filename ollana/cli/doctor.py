@@ -11,6 +11,7 @@ import click
 
 from ollana.config import (
     DISCOVERY_DEFAULT_GROUP,
+    DISCOVERY_DEFAULT_GROUP6,
     DISCOVERY_DEFAULT_PORT,
     OLLAMA_DEFAULT_PORT,
     PROXY_DEFAULT_PORT,
@@ -35,10 +36,11 @@ _MARK = {Severity.PROBLEM: "✗", Severity.NOTE: "•"}
               help="The local Ollama to check. Default: from OLLAMA_HOST, else http://127.0.0.1:11434.")
 @click.option("--discovery-port", type=click.IntRange(1, 65535), default=DISCOVERY_DEFAULT_PORT, show_default=True)
 @click.option("--multicast-group", default=DISCOVERY_DEFAULT_GROUP, show_default=True, metavar="IPV4")
+@click.option("--multicast-group6", default=DISCOVERY_DEFAULT_GROUP6, show_default=True, metavar="IPV6")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), envvar="OLLANA_HOME",
               help="The state dir of the ollana to check [env: OLLANA_HOME].")
 def doctor(as_json: bool, listen_seconds: float, probe: bool, ollama: str | None, discovery_port: int,
-           multicast_group: str, state_dir: Path | None) -> None:
+           multicast_group: str, multicast_group6: str, state_dir: Path | None) -> None:
     """Explain why this machine's ollana sees what it sees: the local Ollama, who holds ports
     11434 and 11435, each interface and the heartbeats heard on it, firewall rules that drop
     ollana's traffic (as root), and each server's trust and pairing; for every problem, the fix.
@@ -60,6 +62,7 @@ def doctor(as_json: bool, listen_seconds: float, probe: bool, ollama: str | None
         ollama_url=url, ollama_host=env_host if not ollama else None,
         client=Endpoint("127.0.0.1", OLLAMA_DEFAULT_PORT), server=Endpoint("127.0.0.1", PROXY_DEFAULT_PORT),
         listen_seconds=listen_seconds, probe=probe, discovery_port=discovery_port, group=multicast_group,
+        group6=multicast_group6,
     )
     if not as_json and listen_seconds > 0:
         click.echo(f"listening {listen_seconds:g} s for discovery heartbeats...", err=True)

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ollana.config import Endpoint
 from ollana.doctor.facts import Facts, Holder, NodeFact, PeerFact
 
 RESTART = "restart ollana: `sudo systemctl restart ollana` (a service) or `ollana stop && ollana serve -d`"
@@ -167,7 +168,8 @@ def _firewall(facts: Facts) -> list[Finding]:
 def _known_addresses(facts: Facts) -> list[str]:
     """Addresses of the servers heard on the link, for `ollana peer add` lines: link-local IPv6
     ones (valid on this link only) only when there is nothing better."""
-    heard = [f"{h.source}:{h.port}" for h in facts.heard if h.kind == "heartbeat" and not h.this_machine and h.port]
+    heard = [str(Endpoint(h.source, h.port)) for h in facts.heard
+             if h.kind == "heartbeat" and not h.this_machine and h.port]
     peers = [p.endpoint for p in facts.node.peers if p.source in ("multicast", "mdns")] if facts.node else []
     stable = [a for a in [*heard, *peers] if "%" not in a and not a.startswith("[fe80")]
     return stable or [*heard, *peers]
@@ -178,7 +180,7 @@ def _interfaces(facts: Facts) -> list[Finding]:
     usable = [i for i in facts.interfaces if i.carries_discovery]
     if not usable:
         out.append(_problem(
-            "interfaces", "no interface can carry discovery (none is up, multicast-capable and has an IPv4 address)",
+            "interfaces", "no interface can carry discovery (none is up, multicast-capable and has an address)",
             *_peer_add(()),
         ))
     for i in facts.interfaces:
@@ -201,7 +203,8 @@ def _heard(facts: Facts) -> list[Finding]:
     for h in facts.heard:
         if h.kind != "heartbeat" or h.this_machine or h.node_id in listed:
             continue
-        name = f"{h.hostname or 'a server'} at {h.source}:{h.port}"
+        address = str(Endpoint(h.source, h.port or 0))
+        name = f"{h.hostname or 'a server'} at {address}"
         if h.trust and h.trust != node.trust:
             fix = ("restart this node without --trust open, then pair: `ollana device pending`, `ollana device allow ID`"
                    if node.trust == "open" else f"on {h.hostname or h.source}: restart ollana without --trust open, "
@@ -210,7 +213,7 @@ def _heard(facts: Facts) -> list[Finding]:
                                              f"{node.trust} and ignores it", fix))
         else:
             out.append(_problem("discovery", f"heard {name}, but the running node does not list it (it may run "
-                                             "discovery on other interfaces: --interface)", *_peer_add([f"{h.source}:{h.port}"])))
+                                             "discovery on other interfaces: --interface)", *_peer_add([address])))
     return out
 
 

@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from ollana import __version__
 from ollana.config import Endpoint
-from ollana.discovery import saved
+from ollana.discovery import net, saved
 from ollana.doctor import firewall
 from ollana.doctor.facts import (
     Facts,
@@ -33,7 +33,7 @@ from ollana.doctor.facts import (
     PeerFact,
     PortFact,
 )
-from ollana.doctor.listen import Link, listen
+from ollana.doctor.listen import listen
 from ollana.errors import OllanaError
 from ollana.trust import identity
 from ollana.trust.identity import Identity, device_id_of
@@ -57,6 +57,7 @@ class Options:
     probe: bool
     discovery_port: int
     group: str
+    group6: str
 
 
 def run_command(argv: list[str]) -> tuple[int, str, str] | None:
@@ -81,11 +82,12 @@ def collect(opts: Options, run: Runner = run_command) -> Facts:
     node = _node(statuses)
     node_error = None if node is not None else f"asked {opts.client} and {opts.server}"
     interfaces = interfaces_now()
-    links = [Link(i.name, i.ipv4) for i in interfaces if i.carries_discovery]
+    links = net.list_links()
     heard: list[HeardFact] = []
     if opts.listen_seconds > 0 and links:
+        groups = {4: opts.group, 6: opts.group6}
         try:
-            heard = listen(opts.discovery_port, opts.group, links, opts.listen_seconds, probe=opts.probe)
+            heard = listen(opts.discovery_port, groups, links, opts.listen_seconds, probe=opts.probe)
         except OSError as exc:
             errors.append(f"cannot listen on UDP {opts.discovery_port}: {exc.strerror or exc}")
     try:
@@ -100,7 +102,7 @@ def collect(opts: Options, run: Runner = run_command) -> Facts:
         listened_s=opts.listen_seconds if links else 0.0, heard=tuple(heard),
         firewall=firewall_fact(run, firewall.ports(opts.discovery_port, opts.server.port)),
         saved_peers=saved_peers, own_short=me.short if me is not None else None,
-        discovery_port=opts.discovery_port, group=opts.group, errors=tuple(errors),
+        discovery_port=opts.discovery_port, group=opts.group, group6=opts.group6, errors=tuple(errors),
     )
 
 

@@ -87,7 +87,7 @@ class InterfaceFact:
 
     @property
     def carries_discovery(self) -> bool:
-        return self.up and self.multicast and not self.loopback and bool(self.ipv4)
+        return self.up and self.multicast and not self.loopback and bool(self.ipv4 or self.ipv6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +128,7 @@ class Facts:
     own_short: str | None  # this device's short ID (trust mode devices), for the fixes
     discovery_port: int = 11436
     group: str = "239.255.11.36"
+    group6: str = "ff02::8011:436"
     errors: tuple[str, ...] = field(default_factory=tuple)  # what could not be collected
 
     def document(self) -> dict[str, Any]:

@@ -162,11 +162,14 @@ def test_doctor_names_the_rule_that_drops_discovery_and_its_fix(lab: Lab) -> Non
     start_ollana(s)
     start_ollana(c)
     assert clientops(c, "wait-peers", "--count", "1", "--healthy", "--timeout", "10")["ok"]
+    s_node = status(s, port=11435)["node_id"]
 
     code, report = doctor(c)
     assert code == 0 and report["healthy"], report["findings"]
-    heard = [h for h in report["facts"]["heard"] if h["kind"] == "heartbeat" and h["source"] == s.ip]
-    assert heard and heard[0]["interface"] == "eth0", report["facts"]["heard"]
+    heard = [h for h in report["facts"]["heard"] if h["kind"] == "heartbeat" and h["node_id"] == s_node]
+    # Heard on eth0 by both groups: from its IPv4 address and (scoped) its IPv6 link-local one.
+    assert {h["interface"] for h in heard} == {"eth0"}, report["facts"]["heard"]
+    assert s.ip in {h["source"] for h in heard} and any(h["source"].endswith("%eth0") for h in heard), heard
     assert report["facts"]["node"]["role"] == "client" and "iptables" in report["facts"]["firewall"]["read"]
 
     c.run(["iptables", "-A", "INPUT", "-p", "udp", "--dport", "11436", "-j", "DROP"])

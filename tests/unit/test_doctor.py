@@ -20,7 +20,6 @@ from ollana.doctor.facts import (
     PortFact,
 )
 from ollana.doctor.firewall import Drop, iptables_drops, nft_drops, ports
-from ollana.doctor.listen import Link, interface_of
 
 PORTS = ports()
 DISCOVERY, MDNS, PROXY = PORTS
@@ -288,7 +287,13 @@ def test_render_and_json_document() -> None:
     assert doc["ports"][0]["holder"] == "ollana" and doc["node"]["peers"][0]["paired"] is False
 
 
-def test_interface_of_a_source() -> None:
-    links = [Link("eth0", ("10.0.0.9/24",)), Link("wlan0", ("192.168.1.4/24",))]
-    assert interface_of("192.168.1.77", links) == "wlan0"
-    assert interface_of("10.1.0.1", links) is None and interface_of("nonsense", links) is None
+def test_ipv6_sources_are_written_as_addresses_to_type() -> None:
+    v6 = HeardFact("fe80::5%eth0", "eth0", "heartbeat", "n9", 1, "box9", 11435, "devices", SERVER_ID)
+    node = replace(facts().node, peers=(peer(key="other", node_id="other"),))
+    found = problems(facts(node=node, heard=(v6,)))
+    assert found[0].fix == ("ollana peer add [fe80::5%eth0]:11435",)
+    # For the firewall's alternative, a stable address (here the node's IPv4 one) beats a link-local one.
+    drop = Drop("iptables", "INPUT", "in", DISCOVERY, "-A INPUT -p udp --dport 11436 -j DROP", "x")
+    found = problems(facts(heard=(v6,), firewall=FirewallFact(("iptables",), None, (drop,))))
+    (fw,) = [f for f in found if f.topic == "firewall"]
+    assert fw.fix[1].endswith("ollana peer add 10.0.0.5:11435")
