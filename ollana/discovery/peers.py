@@ -19,6 +19,7 @@ from ollana.discovery.packet import Goodbye, Heartbeat
 
 class Source(enum.Enum):
     MULTICAST = "multicast"
+    MDNS = "mdns"  # DNS-SD, _ollana._tcp.local. (discovery/mdns.py)
     STATIC = "static"  # --peer on the command line
     SAVED = "saved"  # `ollana peer add` (peers.json in the state dir)
     LEARNED = "learned"  # listed by a paired server (GET /ollana/v1/peers), its ID checked here
@@ -63,6 +64,14 @@ class Peer:
     last_failure: float = -math.inf
     # Other addresses the same node was heard on, with when: used if the current one goes quiet.
     addresses: dict[str, float] = field(default_factory=dict)
+    # Every path the server is known by now, with when it was last heard there (``source`` is
+    # the path that found it first). It leaves the table when no path is left. An mDNS record
+    # outlives a server that died without a goodbye: a check it passes counts as hearing it.
+    heard: dict[Source, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.heard:
+            self.heard[self.source] = self.last_seen
 
     @property
     def url(self) -> str:
@@ -76,7 +85,9 @@ class Peer:
             "endpoint": str(self.endpoint),  # bracketed when IPv6: [fe80::1%eth0]:11435
             "port": self.endpoint.port,
             "scheme": self.scheme,
-            "source": self.source.value,
+            # The main path (multicast before mdns), and every path it is known by.
+            "source": next((s for s in Source if s in self.heard), self.source).value,
+            "sources": [s.value for s in Source if s in self.heard],
             "healthy": self.healthy,
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
             "inflight": self.inflight,
@@ -94,8 +105,10 @@ class Change:
 
 
 class PeerTable:
-    def __init__(self, missed_heartbeats: int = 3) -> None:
+    def __init__(self, missed_heartbeats: int = 3, mdns_grace: float = 6.0) -> None:
         self._missed = missed_heartbeats
+        # How long a server found by mDNS stays after it last answered, once its checks fail.
+        self._mdns_grace = mdns_grace
         self._peers: dict[str, Peer] = {}
         # The server requests stick to while it stays healthy (blob upload, then create).
         self._current: str | None = None
@@ -115,20 +128,26 @@ class PeerTable:
 
     # -- discovery input -------------------------------------------------------------------
 
-    def observe(self, hb: Heartbeat, source_ip: str, now: float, device_id: str | None = None) -> Change | None:
-        """A heartbeat heard from ``source_ip``. ``device_id``: its announced device ID, decoded
-        (checked by the caller against the certificate at that address)."""
+    def observe(
+        self, hb: Heartbeat, source_ip: str, now: float, device_id: str | None = None, via: Source = Source.MULTICAST,
+    ) -> Change | None:
+        """A heartbeat heard from ``source_ip`` (or, ``via`` MDNS, an mDNS record naming that
+        address). ``device_id``: its announced device ID, decoded (checked by the caller against
+        the certificate at that address)."""
         key = hb.node_id.hex()
         peer = self._peers.get(key)
-        kind = heartbeat_effect(peer, hb, source_ip, now, self._missed)
+        if via is Source.MDNS and peer is not None and self._stale(peer, Source.MDNS, now):
+            return None  # the record outlived its server: it comes back when it announces anew
+        kind = heartbeat_effect(peer, hb, source_ip, now, self._missed, via)
         if peer is None:
             peer = Peer(
-                key=key, endpoint=Endpoint(source_ip, hb.proxy_port), source=Source.MULTICAST,
-                first_seen=now, last_seen=now, ttl=0.0, node_id=key,
+                key=key, endpoint=Endpoint(source_ip, hb.proxy_port), source=via,
+                first_seen=now, last_seen=now, ttl=math.inf, node_id=key,
             )
             self._peers[key] = peer
-        peer.last_seen = now
-        peer.ttl = self._missed * hb.interval_ms / 1000.0
+        peer.last_seen = peer.heard[via] = now
+        if via is Source.MULTICAST:
+            peer.ttl = self._missed * hb.interval_ms / 1000.0
         peer.hostname, peer.ollama_version, peer.scheme = hb.hostname, hb.ollama_version, hb.scheme
         peer.device_id, peer.trust = device_id, hb.trust
         peer.addresses[source_ip] = now
@@ -148,6 +167,18 @@ class PeerTable:
         if peer is None or peer.instance_id != bye.instance_id.hex():
             return None
         return self._remove(key, ChangeKind.REMOVED)
+
+    def withdraw(self, key: str, via: Source) -> Change | None:
+        """One path no longer knows the server (an mDNS goodbye); it leaves with its last path."""
+        peer = self._peers.get(key)
+        if peer is None or via not in peer.heard:
+            return None
+        del peer.heard[via]
+        return None if peer.heard else self._remove(key, ChangeKind.REMOVED)
+
+    def heard_by(self, key: str, via: Source) -> bool:
+        peer = self._peers.get(key)
+        return peer is not None and via in peer.heard
 
     def forget_addresses(self, gone: Collection[str], now: float) -> list[Change]:
         """Addresses that no longer reach us (heard only on a link that vanished or changed
@@ -181,7 +212,12 @@ class PeerTable:
         return Change(ChangeKind.ADDED, peer)
 
     def expire(self, now: float) -> list[Change]:
-        gone = [p.key for p in self._peers.values() if now - p.last_seen > p.ttl]
+        gone = []
+        for peer in self._peers.values():
+            for path in [s for s in peer.heard if self._stale(peer, s, now)]:
+                del peer.heard[path]
+            if not peer.heard:
+                gone.append(peer.key)
         changes = [self._remove(key, ChangeKind.EXPIRED) for key in gone]
         for peer in self._peers.values():
             stale = [a for a, seen in peer.addresses.items() if now - seen > peer.ttl]
@@ -193,6 +229,13 @@ class PeerTable:
         """Drop a peer for good (a static one that turned out to be this node)."""
         return self._remove(key, ChangeKind.REMOVED)
 
+    def _stale(self, peer: Peer, path: Source, now: float) -> bool:
+        if path is Source.MDNS:  # no refresh to wait for: the record lasts while the server answers
+            return not peer.healthy and now - peer.heard.get(path, -math.inf) > self._mdns_grace
+        if path is Source.MULTICAST:
+            return now - peer.heard[path] > peer.ttl
+        return now - peer.last_seen > peer.ttl
+
     def _remove(self, key: str, kind: ChangeKind) -> Change | None:
         peer = self._peers.pop(key, None)
         if peer is None:
@@ -203,10 +246,14 @@ class PeerTable:
 
     # -- health input ----------------------------------------------------------------------
 
-    def mark_failed(self, key: str, now: float) -> Change | None:
+    def mark_failed(self, key: str, now: float, *, answered: bool = False) -> Change | None:
+        """A check or request failed; ``answered``: the server did answer (a 403, a bad status),
+        so it is there, whatever its record says."""
         peer = self._peers.get(key)
         if peer is None:
             return None
+        if answered and Source.MDNS in peer.heard:
+            peer.heard[Source.MDNS] = now
         peer.last_failure = now
         if self._current == key:
             self._current = None
@@ -224,6 +271,10 @@ class PeerTable:
             peer.rtt_ms = rtt_ms if peer.rtt_ms is None else 0.8 * peer.rtt_ms + 0.2 * rtt_ms
         if peer.source is not Source.MULTICAST:
             peer.last_seen = now
+        if Source.MDNS in peer.heard:
+            # It answers: its record is not one it left behind, and the address (perhaps the
+            # record's, preferred to the heartbeats') works.
+            peer.heard[Source.MDNS] = peer.addresses[peer.endpoint.host] = now
         if not peer.healthy:
             peer.healthy = True
             return Change(ChangeKind.HEALTHY, peer)
@@ -251,26 +302,31 @@ class PeerTable:
 
 
 def heartbeat_effect(
-    peer: Peer | None, hb: Heartbeat, source_ip: str, now: float, missed: int
+    peer: Peer | None, hb: Heartbeat, source_ip: str, now: float, missed: int, via: Source = Source.MULTICAST,
 ) -> ChangeKind | None:
     """What a heartbeat from ``source_ip`` does to the entry ``peer`` (None: not known yet).
 
     ADDED for a new node; RESTARTED for a new instance of a known one (it starts afresh at the
     heartbeat's address); MOVED when its port changed, its current address went quiet for a
     whole TTL while this one speaks, or this one is preferred (``links.preference``: IPv4, then
-    IPv6, link-local last); None when it only refreshes the entry.
+    IPv6, link-local last); None when it only refreshes the entry. ``via`` MDNS: the
+    announcement of an mDNS record, which moves the entry only when no heartbeat is heard.
     """
     if peer is None:
         return ChangeKind.ADDED
     if peer.instance_id != hb.instance_id.hex():
         return ChangeKind.RESTARTED
-    ttl = missed * hb.interval_ms / 1000.0
-    current_fresh = now - peer.addresses.get(peer.endpoint.host, -math.inf) <= ttl
-    if peer.endpoint.port != hb.proxy_port or not current_fresh:
+    if peer.endpoint.port != hb.proxy_port:
         return ChangeKind.MOVED
+    if source_ip == peer.endpoint.host:
+        return None
     if preference(source_ip) < preference(peer.endpoint.host):
         return ChangeKind.MOVED  # a dual-stack server: IPv4 before IPv6, link-local last
-    return None
+    if via is Source.MDNS:
+        return None if Source.MULTICAST in peer.heard else ChangeKind.MOVED
+    ttl = missed * hb.interval_ms / 1000.0
+    current_fresh = now - peer.addresses.get(peer.endpoint.host, -math.inf) <= ttl
+    return None if current_fresh else ChangeKind.MOVED
 
 
 def usable(peer: Peer) -> bool:
