@@ -92,12 +92,19 @@ class Timings:
     grace: float = 10.0
     # How often a running node looks for `ollana device allow/disable` (devices.json).
     trust_poll: float = 0.5
+    # A server's mDNS TXT record (catalogue generation, Ollama version) changes at most this often.
+    mdns_update_gap: float = 5.0
     # How often discovery looks at the network interfaces (appeared, gone, readdressed, recreated).
     interface_poll: float = 1.0
 
     @property
     def health_interval(self) -> float:
         return self.heartbeat_interval
+
+    @property
+    def peer_ttl(self) -> float:
+        """How long a server is kept without news: ``missed_heartbeats`` intervals."""
+        return self.missed_heartbeats * self.heartbeat_interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +115,10 @@ class Config:
     # listener's and ``lan_listen`` the server proxy's.
     listen: Endpoint | None = None
     lan_listen: Endpoint | None = None
+    # Multicast heartbeats and mDNS / DNS-SD (both off with --no-discovery).
     discovery: bool = True
+    # Server, trust mode open: also register _ollama._tcp.local. (ollama/ollama#10283).
+    advertise_ollama: bool = False
     discovery_port: int = DISCOVERY_DEFAULT_PORT
     discovery_group: str = DISCOVERY_DEFAULT_GROUP
     discovery_group6: str = DISCOVERY_DEFAULT_GROUP6

@@ -105,7 +105,11 @@ def cli() -> None:
               help="Seconds between a server's heartbeats; peers expire after 3 missed ones.")
 @click.option("--peer", "peers", multiple=True, callback=_peers, metavar="HOST[:PORT]",
               help="A server to use besides the discovered ones (repeatable; port defaults to 11435).")
-@click.option("--no-discovery", is_flag=True, help="Neither announce nor listen for servers (use with --peer).")
+@click.option("--no-discovery", is_flag=True,
+              help="Neither announce nor listen for servers, by heartbeats or mDNS (use with --peer).")
+@click.option("--advertise-ollama", is_flag=True,
+              help="Server, --trust open only: also register _ollama._tcp.local. by mDNS (instance = host name, "
+                   "TXT version=), so mDNS-aware Ollama apps find this server's proxy.")
 @click.option("--trust", type=click.Choice([t.value for t in Trust]), default="devices", show_default=True,
               help="devices: mutual TLS, only paired devices (`ollana device pending`, `ollana device allow`). "
                    "open: plain HTTP, anyone on the network may use the server and read prompts.")
@@ -160,6 +164,10 @@ def serve(**opts: Any) -> None:
 
 def build_config(opts: Mapping[str, Any], env: Mapping[str, str], *, is_root: bool) -> Config:
     mode = Mode.SERVER if opts.get("force_server_mode") else Mode(opts.get("mode") or "auto")
+    trust = Trust(opts.get("trust") or "devices")
+    if opts.get("advertise_ollama") and trust is not Trust.OPEN:
+        raise click.UsageError("--advertise-ollama needs --trust open: an Ollama app that finds the server "
+                               "by _ollama._tcp talks plain HTTP and cannot pair")
     try:
         ollama_url = parse_ollama_host(opts.get("ollama") or env.get("OLLAMA_HOST"))
     except ConfigError as exc:
@@ -173,6 +181,7 @@ def build_config(opts: Mapping[str, Any], env: Mapping[str, str], *, is_root: bo
         listen=opts.get("listen"),
         lan_listen=opts.get("lan_listen"),
         discovery=not opts.get("no_discovery"),
+        advertise_ollama=bool(opts.get("advertise_ollama")),
         discovery_port=int(opts.get("discovery_port") or DISCOVERY_DEFAULT_PORT),
         discovery_group=str(opts.get("multicast_group") or DISCOVERY_DEFAULT_GROUP),
         discovery_group6=str(opts.get("multicast_group6") or DISCOVERY_DEFAULT_GROUP6),
@@ -180,7 +189,7 @@ def build_config(opts: Mapping[str, Any], env: Mapping[str, str], *, is_root: bo
         static_peers=tuple(opts.get("peers") or ()),
         state_dir=Path(state_dir),
         log_format=LogFormat(opts.get("log_format") or "auto"),
-        trust=Trust(opts.get("trust") or "devices"),
+        trust=trust,
         parallel=opts.get("parallel") or parse_parallel(env.get("OLLAMA_NUM_PARALLEL")),
         timings=timings,
     )

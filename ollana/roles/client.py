@@ -16,6 +16,7 @@ import structlog
 
 from ollana.config import Endpoint, Role, Trust
 from ollana.discovery.links import LinkChange
+from ollana.discovery.mdns_io import MdnsBrowser
 from ollana.discovery.packet import TRUST_DEVICES, Goodbye, Heartbeat, Packet, Probe
 from ollana.discovery.peers import BY_ADDRESS, Change, ChangeKind, Peer, PeerTable, Source
 from ollana.discovery.service import Discovery, discovery_status, interfaces_status
@@ -42,7 +43,7 @@ class ClientNode:
     def __init__(self, rt: Runtime, local: LocalServer | None = None) -> None:
         self._rt = rt
         self._local = local
-        self._table = PeerTable(rt.config.timings.missed_heartbeats)
+        self._table = PeerTable(rt.config.timings.missed_heartbeats, mdns_grace=rt.config.timings.peer_ttl)
         self._discovery: Discovery | None = None
         self._vetting: ServerVetting | None = None
         if rt.devices is not None:
@@ -95,6 +96,8 @@ class ClientNode:
             self._discovery = await Discovery.started(
                 cfg, self._rt.node.instance_id, self._rt.clock, self._on_packet, self._on_links
             )
+            found = partial(self._on_heartbeat, via=Source.MDNS)  # mDNS next to heartbeats, into one table
+            mdns = MdnsBrowser(self._discovery, self._rt, self._table, self._apply, found) if self._discovery is not None else None
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg  # checks of heartbeats run in it: the probe goes out once it exists
@@ -102,6 +105,7 @@ class ClientNode:
                     if self._rt.devices is not None:
                         tasks.append(tg.create_task(self._rt.devices.watch(cfg.timings.trust_poll, self._trust_tick, self._rt.reload)))
                     tasks += [tg.create_task(loop) for loop in beyond.loops()]
+                    tasks += [tg.create_task(mdns.run())] if mdns is not None else []
                     self._probe()
                     log.info("serving", role="client", listen=str(bound), trust=cfg.trust.value)
                     ready(Ready(Role.CLIENT, bound, self._rt.node.node_id.hex()))
@@ -201,23 +205,23 @@ class ClientNode:
         if change.new:
             self._probe()
 
-    def _on_heartbeat(self, hb: Heartbeat, source: str, now: float) -> None:
+    def _on_heartbeat(self, hb: Heartbeat, source: str, now: float, via: Source = Source.MULTICAST) -> None:
         ours = self._rt.config.trust.value
         if hb.trust != ours:
             self._trust_mismatch(hb, source, now)
             return
         if self._vetting is None or hb.device_id is None:
-            self._observe(hb, source, now)
+            self._observe(hb, source, now, None, via)
             return
         device_id = id_from_bytes(hb.device_id)
         verdict = self._vetting.verdict(source, hb.proxy_port, device_id)
         if verdict:
-            self._observe(hb, source, now, device_id)
+            self._observe(hb, source, now, device_id, via)
         elif verdict is None:
-            self._start_check(hb, source, device_id)
+            self._start_check(hb, source, device_id, via)
 
-    def _observe(self, hb: Heartbeat, source: str, now: float, device_id: str | None = None) -> None:
-        self._apply(self._table.observe(hb, source, now, device_id))
+    def _observe(self, hb: Heartbeat, source: str, now: float, device_id: str | None = None, via: Source = Source.MULTICAST) -> None:
+        self._apply(self._table.observe(hb, source, now, device_id, via))
         if hb.catalog_gen is not None:
             self._announced(self._table.get(hb.node_id.hex()), hb.catalog_gen)
 
@@ -235,7 +239,7 @@ class ClientNode:
                     address=str(Endpoint(source, hb.proxy_port)), server_trust=hb.trust,
                     client_trust=self._rt.config.trust.value, reason=reason)
 
-    def _start_check(self, hb: Heartbeat, source: str, device_id: str) -> None:
+    def _start_check(self, hb: Heartbeat, source: str, device_id: str, via: Source) -> None:
         """Check that the proxy at ``source`` holds the announced key, then take the heartbeat."""
         vetting, tg = self._vetting, self._tg
         where = (source, hb.proxy_port, device_id)
@@ -247,7 +251,7 @@ class ClientNode:
         async def check() -> None:
             try:
                 if await vetting.check(source, hb.proxy_port, device_id, hb.hostname):
-                    self._observe(hb, source, self._rt.clock(), device_id)
+                    self._observe(hb, source, self._rt.clock(), device_id, via)
             except Exception:  # whatever a remote host sends, the node must go on
                 log.exception("server_check_crashed", address=str(Endpoint(source, hb.proxy_port)))
             finally:
@@ -335,7 +339,7 @@ class ClientNode:
                 raise ValueError("its Ollama is not answering")
         except (TimeoutError, aiohttp.ClientError, ValueError, OSError, PeerIdentityMismatch) as exc:
             log.debug("peer_check_failed", peer=peer.key, error=str(exc) or type(exc).__name__)
-            log_change(self._table.mark_failed(peer.key, self._rt.clock()))
+            log_change(self._table.mark_failed(peer.key, self._rt.clock(), answered=isinstance(exc, ValueError)))
             if vetting is not None and peer.device_id is not None:
                 await self._after_failed_check(vetting, peer, exc)
             elif vetting is None and peer.source in BY_ADDRESS:

@@ -15,6 +15,8 @@ from ollana import __version__
 from ollana.config import OLLAMA_DEFAULT_PORT, Role, parse_endpoint
 from ollana.discovery.known import PEERS_PATH, KnownServers
 from ollana.discovery.links import Link, LinkChange
+from ollana.discovery.mdns import ServiceRecord, ollama_record, ollana_record
+from ollana.discovery.mdns_io import MdnsAdvertiser
 from ollana.discovery.packet import (
     TRUST_DEVICES,
     TRUST_OPEN,
@@ -128,6 +130,7 @@ class ServerNode:
         self._last_probe_answer = -1e9
         self._gate: Gate | None = None
         self._listener: Listener | None = None
+        self._mdns: MdnsAdvertiser | None = None
         devices = rt.devices
         self._device_id = id_to_bytes(devices.device_id) if devices is not None else None
         # Trust mode devices: the other servers heard, told to paired clients (learned peers).
@@ -155,6 +158,8 @@ class ServerNode:
             self._discovery = await Discovery.started(
                 cfg, self._rt.node.instance_id, self._rt.clock, self._on_packet, self._on_links
             )
+            if self._discovery is not None:  # mDNS next to the heartbeats
+                self._mdns = MdnsAdvertiser(self._discovery, self._rt, self._mdns_records)
             try:
                 log.info("serving", role="server", listen=str(bound), upstream=cfg.ollama_url,
                          trust=cfg.trust.value, scheme=self._scheme)
@@ -167,7 +172,10 @@ class ServerNode:
                     tasks = [tg.create_task(self._announce_loop()), tg.create_task(self._keeper.run())]
                     if self._rt.devices is not None:
                         tasks.append(tg.create_task(self._rt.devices.watch(cfg.timings.trust_poll, self._trust_tick, self._rt.reload)))
+                    if self._mdns is not None:
+                        tasks.append(tg.create_task(self._mdns.run()))  # withdraws its records when cancelled
                     await shutdown.wait()
+                    self._say_goodbye()  # first: clients drop this server at once, not after mDNS's goodbyes
                     for task in tasks:
                         task.cancel()
                 self._say_goodbye()
@@ -234,6 +242,21 @@ class ServerNode:
             disc.send(lambda _iface: Goodbye(node.node_id, node.instance_id, disc.next_seq()))
         log.info("goodbye_sent")
 
+    def _mdns_records(self) -> list[ServiceRecord]:
+        """What this server registers by mDNS: nothing while it does not announce (as heartbeats)."""
+        if not self._announcing:
+            return []
+        node, devices, port, version = self._rt.node, self._rt.devices, self._listen.port, self._health.version
+        mine = ollana_record(
+            hostname=node.hostname, node_id=node.node_id, instance_id=node.instance_id, port=port,
+            scheme=self._scheme, trust=self._rt.config.trust.value, ollama_version=version,
+            device_id=devices.device_id if devices is not None else None,
+            catalog_gen=self._keeper.catalog.generation if self._keeper.fresh else None,
+        )
+        if not self._rt.config.advertise_ollama or devices is not None:
+            return [mine]
+        return [mine, ollama_record(hostname=node.hostname, server=mine.server, port=port, ollama_version=version)]
+
     def _on_packet(self, packet: Packet, source: str, now: float) -> None:
         if self._known is not None and isinstance(packet, (Heartbeat, Goodbye)):
             self._known.heard(packet, source, now)
@@ -268,6 +291,8 @@ class ServerNode:
                     self._discovery.send(self._heartbeat)
                 elif changed:
                     self._say_goodbye()
+            if self._mdns is not None:
+                self._mdns.poke()  # registered while announcing, withdrawn with the goodbye
             self._health.poked.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._health.poked.wait(), timings.heartbeat_interval)
