@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import pytest
 
-from tests.lab.netns import Host, Lab
+from tests.lab.netns import SUBNET6, Host, Lab
 from tests.lab.ollanalan import (
     Lan,
     Node,
@@ -119,9 +119,17 @@ def node_id(node: Node) -> str:
     return str(status(host, 11435, host.ip if host.ipv4 else "127.0.0.1")["node_id"])
 
 
+def _on_link6(address: str) -> bool:
+    """A link-local IPv6 address with its scope, or one of the lab's ULA (fd77::/64)."""
+    if address.startswith("fe80::"):
+        return address.endswith("%eth0")
+    return address.startswith(SUBNET6) and "%" not in address
+
+
 def test_ipv6_only_lan_discovery_pairing_tls_streaming(lab: Lab, figure: Callable[..., None]) -> None:
     """No IPv4 address on any LAN interface: discovery, pairing, mutual TLS and the official client
-    (streaming included) all go over IPv6 link-local addresses with their scope."""
+    (streaming included) all go over IPv6: link-local addresses with their scope (heartbeats), or
+    the hosts' ULA, which mDNS records name and which is preferred to link-local."""
     servers = []
     for name in ("s1", "s2"):
         host = lab.add_host(name, ipv4=False)
@@ -143,12 +151,12 @@ def test_ipv6_only_lan_discovery_pairing_tls_streaming(lab: Lab, figure: Callabl
     st = status(chost)
     assert st["trust"] == "devices" and len(st["peers"]) == 2
     for peer in st["peers"]:
-        # Link-local, with its scope; bracketed wherever it is written with a port.
-        assert peer["address"].startswith("fe80::") and peer["address"].endswith("%eth0"), peer
+        # Link-local with its scope, or the ULA; bracketed wherever it is written with a port.
+        assert _on_link6(peer["address"]), peer
         assert peer["endpoint"] == f"[{peer['address']}]:11435" and peer["scheme"] == "https"
     assert [i["family"] for i in st["discovery"]["interfaces"]] == ["ipv6"]
     added = [e["address"] for e in log_events(chost, ["peer_added"], 0)]
-    assert added and all(a.startswith("[fe80::") and a.endswith("%eth0]:11435") for a in added), added
+    assert added and all(a.startswith("[") and a.endswith("]:11435") and _on_link6(a[1:-7]) for a in added), added
 
     # The client starts again (pairings kept): its first proxied answer, timed from its start.
     assert client.proc is not None
