@@ -152,7 +152,7 @@ def test_a_server_heard_both_ways_is_one_peer_listing_both_paths(lab: Lab, trust
                      and all(p["sources"] == ["multicast", "mdns"] and p["healthy"] for p in s["peers"]))
     assert all(p["source"] == "multicast" for p in st["peers"])
     assert clientops(c, "wait-ok", "--path", "/api/version")["ok"]
-    # A clean stop: the goodbye (UDP) and the withdrawal (mDNS) remove the server; it is not revived.
+    # A clean stop: the goodbye (UDP) removes the server at once, the withdrawal (mDNS) follows.
     victim = lan.servers[0]
     assert victim.proc is not None
     victim.proc.send_signal(signal.SIGTERM)
