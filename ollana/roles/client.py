@@ -7,7 +7,7 @@ import contextlib
 import math
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
@@ -21,7 +21,6 @@ from ollana.discovery.packet import TRUST_DEVICES, Goodbye, Heartbeat, Packet, P
 from ollana.discovery.peers import BY_ADDRESS, Change, ChangeKind, Peer, PeerTable, Source
 from ollana.discovery.service import Discovery, discovery_status, interfaces_status
 from ollana.errors import UpstreamUnavailable
-from ollana.fleet.catalog import CATALOG_PATH, MAX_DOCUMENT, Catalog
 from ollana.fleet.view import FleetView
 from ollana.httpserver import listening
 from ollana.proxy import hostcheck
@@ -29,6 +28,7 @@ from ollana.proxy.handler import STATUS_PATH, ProxyHandler
 from ollana.proxy.headers import hop_mark, is_from_ollana
 from ollana.ratelimit import RateLimiter
 from ollana.roles.beyond import Beyond
+from ollana.roles.client_catalogs import CatalogFetcher
 from ollana.roles.client_route import ClientRoute, log_change
 from ollana.roles.local import LOCAL_RTT_MS, LocalServer
 from ollana.runtime import Ready, Runtime
@@ -52,9 +52,12 @@ class ClientNode:
                 timeout=rt.config.timings.health_timeout, clock=rt.clock,
             )
         self._view = FleetView()
-        self._fetching: dict[str, asyncio.Task[None]] = {}
+        self._catalogs = CatalogFetcher(
+            self._view, self._table, rt.session, rt.config.timings.health_timeout,
+            self._vetting.context if self._vetting is not None else None, local,
+        )
         self._route = ClientRoute(self._table, self._view, rt.clock, rt.config.timings.no_peer_grace,
-                                  self._probe, self._fetch_catalog, self._announced, self._vetting, local)
+                                  self._probe, self._catalogs.fetch, self._announced, self._vetting, local)
         self._listen = rt.config.listen_for(Role.CLIENT)
         self._check_now = asyncio.Event()
         self._last_probe = -1e9
@@ -137,48 +140,15 @@ class ClientNode:
 
     def _announced(self, peer: Peer | None, generation: int | None = None) -> None:
         """A server said which catalogue it has: fetch it if it is not the one held."""
-        if peer is None or not self._route_policy_usable(peer) or not self._view.announced(peer.key, generation):
-            return
-        if peer.key in self._fetching or self._tg is None:
-            return
-        key = peer.key
+        if peer is not None and self._route_policy_usable(peer):
+            self._catalogs.announced(peer, generation, self._spawn)
 
-        async def fetch() -> None:
-            try:
-                await self._fetch_catalog(peer)
-            finally:
-                self._fetching.pop(key, None)
-
-        self._fetching[key] = self._tg.create_task(fetch())
-
-    async def _fetch_catalog(self, peer: Peer) -> None:
-        local = self._local
-        if local is not None and peer.key == local.key:
-            self._view.fetched(peer.key, await local.keeper.current(), self._view.own_now(peer.key))
-            return
-        tls = self._vetting.context(peer) if self._vetting is not None else None
-        if self._vetting is not None and tls is None:
-            return
-        timeout = aiohttp.ClientTimeout(total=self._rt.config.timings.health_timeout)
-        try:
-            async with self._rt.session.get(
-                peer.url + CATALOG_PATH, timeout=timeout, ssl=tls if tls is not None else True,
-            ) as resp:
-                if resp.status == 404:
-                    return  # an older ollana: no catalogue; its requests go the home way
-                if resp.status != 200:
-                    raise ValueError(f"status {resp.status}")
-                if (resp.content_length or 0) > MAX_DOCUMENT:
-                    raise ValueError("catalogue too large")
-                catalog = Catalog.from_document(await resp.json(content_type=None))
-        except (TimeoutError, aiohttp.ClientError, ValueError, OSError) as exc:
-            log.debug("catalog_fetch_failed", peer=peer.key, error=str(exc) or type(exc).__name__)
-            return
-        if self._table.get(peer.key) is None:
-            return  # gone while we asked
-        if self._view.fetched(peer.key, catalog, self._view.own_now(peer.key)):
-            log.debug("catalog_fetched", peer=peer.key, generation=catalog.generation,
-                      models=len(catalog.models), loaded=len(catalog.loaded))
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+        """A task in the node's group, or None (and the coroutine closed) once it winds down."""
+        if self._tg is None:
+            coro.close()
+            return None
+        return self._tg.create_task(coro)
 
     # -- discovery -------------------------------------------------------------------------
 
@@ -302,7 +272,7 @@ class ClientNode:
             now = self._rt.clock()
             if local.up():
                 log_change(self._table.mark_healthy(peer.key, LOCAL_RTT_MS, now))
-                await self._fetch_catalog(peer)
+                await self._catalogs.fetch(peer)
             else:
                 log_change(self._table.mark_failed(peer.key, now))
             return
