@@ -29,7 +29,7 @@ _MARK = {Severity.PROBLEM: "✗", Severity.NOTE: "•"}
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the facts and findings as JSON.")
 @click.option("--listen-seconds", type=click.FloatRange(0, 60), default=3.0, show_default=True, metavar="SECONDS",
-              help="How long to listen for discovery heartbeats (0: do not listen).")
+              help="How long to listen for discovery heartbeats and mDNS answers (0: do not listen).")
 @click.option("--probe", is_flag=True,
               help="Also send one discovery probe, so servers answer at once (only on a LAN you own).")
 @click.option("--ollama", "ollama", metavar="URL",
@@ -65,7 +65,7 @@ def doctor(as_json: bool, listen_seconds: float, probe: bool, ollama: str | None
         group6=multicast_group6,
     )
     if not as_json and listen_seconds > 0:
-        click.echo(f"listening {listen_seconds:g} s for discovery heartbeats...", err=True)
+        click.echo(f"listening {listen_seconds:g} s for discovery heartbeats and mDNS answers...", err=True)
     facts = collect(opts)
     findings = analyze(facts)
     if as_json:
@@ -109,6 +109,9 @@ def render(facts: Facts, findings: list[Finding]) -> str:
                 "open" if p.paired is None else "paired" if p.paired else "not paired")
             lines.append(_row("server", f"{p.name:<20} {p.endpoint:<22} {p.source:<9} {trust:<12} "
                                         f"{'healthy' if p.healthy else 'down'}"))
+    for m in facts.mdns:
+        found = f"{m.hostname} at {m.address}:{m.port}, trust {m.trust}" if m.error is None else m.error
+        lines.append(_row("mdns", f"{m.name}: {found}"))
     for s in facts.saved_peers:
         lines.append(_row("saved", s))
     lines.append("")

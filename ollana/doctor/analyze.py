@@ -34,7 +34,7 @@ def analyze(facts: Facts) -> list[Finding]:
     """Every finding, problems first (in the order a person would fix them)."""
     found = [
         *_node(facts), *_ollama(facts), *_ports(facts), *_firewall(facts), *_interfaces(facts),
-        *_heard(facts), *_servers(facts), *_saved(facts),
+        *_heard(facts), *_mdns(facts), *_servers(facts), *_saved(facts),
         *(Finding(Severity.NOTE, "doctor", f"could not check: {e}") for e in facts.errors),
     ]
     return sorted(found, key=lambda f: f.severity is not Severity.PROBLEM)
@@ -217,6 +217,33 @@ def _heard(facts: Facts) -> list[Finding]:
     return out
 
 
+def _mdns(facts: Facts) -> list[Finding]:
+    """What mDNS answered, against what the heartbeats said."""
+    if facts.listened_s <= 0:
+        return []
+    by_heartbeat = {h.node_id for h in facts.heard if h.kind == "heartbeat"}
+    node = facts.node
+    listed = ({p.key for p in node.peers} | {p.node_id for p in node.peers if p.node_id}) if node is not None else set()
+    out = []
+    for m in facts.mdns:
+        if m.error is not None:
+            out.append(_problem("mdns", f"{m.name} answered mDNS but {m.error}; clients ignore it",
+                                "run `ollana doctor` on that machine; update its ollana if it is older"))
+            continue
+        address = str(Endpoint(m.address or "?", m.port or 0))
+        name = f"{m.hostname or 'a server'} at {address}"
+        if m.node_id not in by_heartbeat:
+            out.append(_note("mdns", f"found {name} by mDNS only: its heartbeats (UDP {facts.discovery_port}, "
+                                     f"{facts.group} / {facts.group6}) did not arrive in {facts.listened_s:g} s, so "
+                                     "a firewall (here or there) or the switch (IGMP snooping) drops them; clients "
+                                     "still find it by mDNS", f"to carry both: allow UDP {facts.discovery_port} "
+                                     f"({TROUBLESHOOTING})"))
+        if _is_client(node) and m.node_id not in listed and m.node_id not in by_heartbeat:
+            out.append(_problem("mdns", f"{name} answers mDNS, but the running node does not list it",
+                                *_peer_add([address])))
+    return out
+
+
 # --- the servers the node sees ----------------------------------------------------------------------
 
 
@@ -228,7 +255,8 @@ def _servers(facts: Facts) -> list[Finding]:
     if not servers:
         heard = ""
         if facts.listened_s > 0 and not any(h.kind == "heartbeat" and not h.this_machine for h in facts.heard):
-            heard = f", and no heartbeat arrived in {facts.listened_s:g} s of listening"
+            answered = " or mDNS answer" if not facts.mdns else ""
+            heard = f", and no heartbeat{answered} arrived in {facts.listened_s:g} s of listening"
         return [_problem(
             "servers", f"this client knows no server{heard}",
             "if a server runs on this LAN: run `ollana doctor` there too; check UDP "

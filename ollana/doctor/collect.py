@@ -8,6 +8,7 @@ import json
 import socket
 import ssl
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,14 @@ from ollana import __version__
 from ollana.config import Endpoint
 from ollana.discovery import net, saved
 from ollana.doctor import firewall
+from ollana.doctor.browse import browse
 from ollana.doctor.facts import (
     Facts,
     FirewallFact,
     HeardFact,
     Holder,
     InterfaceFact,
+    MdnsFact,
     NodeFact,
     OllamaFact,
     PeerFact,
@@ -84,12 +87,19 @@ def collect(opts: Options, run: Runner = run_command) -> Facts:
     interfaces = interfaces_now()
     links = net.list_links()
     heard: list[HeardFact] = []
+    answered: list[MdnsFact] = []
     if opts.listen_seconds > 0 and links:
         groups = {4: opts.group, 6: opts.group6}
+        # mDNS answers are collected in a thread over the same seconds as the heartbeats.
+        mdns_errors: list[str] = []
+        browsing = threading.Thread(target=_browse, args=(opts.listen_seconds, answered, mdns_errors), daemon=True)
+        browsing.start()
         try:
             heard = listen(opts.discovery_port, groups, links, opts.listen_seconds, probe=opts.probe)
         except OSError as exc:
             errors.append(f"cannot listen on UDP {opts.discovery_port}: {exc.strerror or exc}")
+        browsing.join(opts.listen_seconds + 5)
+        errors.extend(mdns_errors)
     try:
         saved_peers = tuple(str(p.endpoint) for p in saved.load(opts.state_dir))
     except OllanaError as exc:
@@ -103,7 +113,15 @@ def collect(opts: Options, run: Runner = run_command) -> Facts:
         firewall=firewall_fact(run, firewall.ports(opts.discovery_port, opts.server.port)),
         saved_peers=saved_peers, own_short=me.short if me is not None else None,
         discovery_port=opts.discovery_port, group=opts.group, group6=opts.group6, errors=tuple(errors),
+        mdns=tuple(answered),
     )
+
+
+def _browse(seconds: float, into: list[MdnsFact], errors: list[str]) -> None:
+    try:
+        into.extend(browse(seconds))
+    except OSError as exc:
+        errors.append(f"cannot browse mDNS (UDP 5353): {exc.strerror or exc}")
 
 
 def _identity(state_dir: Path) -> Identity | None:

@@ -107,6 +107,19 @@ class HeardFact:
 
 
 @dataclass(frozen=True, slots=True)
+class MdnsFact:
+    """A ``_ollana._tcp`` service that answered the doctor's mDNS query."""
+
+    name: str
+    address: str | None = None
+    port: int | None = None
+    node_id: str = ""
+    hostname: str = ""
+    trust: str | None = None
+    error: str | None = None  # why a client could not use it (unresolved, invalid record)
+
+
+@dataclass(frozen=True, slots=True)
 class FirewallFact:
     read: tuple[str, ...] = ()  # the tools whose rules were read
     unreadable: str | None = None  # why none could be read
@@ -130,6 +143,7 @@ class Facts:
     group: str = "239.255.11.36"
     group6: str = "ff02::8011:436"
     errors: tuple[str, ...] = field(default_factory=tuple)  # what could not be collected
+    mdns: tuple[MdnsFact, ...] = ()  # services that answered mDNS while the doctor listened
 
     def document(self) -> dict[str, Any]:
         doc = asdict(self)

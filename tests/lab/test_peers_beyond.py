@@ -171,6 +171,8 @@ def test_doctor_names_the_rule_that_drops_discovery_and_its_fix(lab: Lab) -> Non
     assert {h["interface"] for h in heard} == {"eth0"}, report["facts"]["heard"]
     assert s.ip in {h["source"] for h in heard} and any(h["source"].endswith("%eth0") for h in heard), heard
     assert report["facts"]["node"]["role"] == "client" and "iptables" in report["facts"]["firewall"]["read"]
+    # mDNS answered too, with the record a client would use.
+    assert any(m["node_id"] == s_node and m["error"] is None for m in report["facts"]["mdns"]), report["facts"]["mdns"]
 
     c.run(["iptables", "-A", "INPUT", "-p", "udp", "--dport", "11436", "-j", "DROP"])
     code, report = doctor(c)
@@ -199,7 +201,7 @@ def test_doctor_on_a_client_that_knows_no_server(lab: Lab) -> None:
     code, report = doctor(c, "--probe")
     assert code == 1
     (p,) = [f for f in report["findings"] if f["topic"] == "servers"]
-    assert p["what"] == "this client knows no server, and no heartbeat arrived in 1.5 s of listening"
+    assert p["what"] == "this client knows no server, and no heartbeat or mDNS answer arrived in 1.5 s of listening"
     assert p["fix"][-1].startswith("ollana peer add SERVER-ADDRESS")
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)

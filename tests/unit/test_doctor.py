@@ -228,7 +228,7 @@ def test_unhealthy_server_and_no_server() -> None:
     assert "does not answer its health checks" in p.what and "curl -skm3 https://10.0.0.5:11435" in p.fix[0]
     lonely = facts(node=replace(facts().node, peers=()), heard=())
     (p,) = problems(lonely)
-    assert p.what == "this client knows no server, and no heartbeat arrived in 3 s of listening"
+    assert p.what == "this client knows no server, and no heartbeat or mDNS answer arrived in 3 s of listening"
     assert p.fix[-1].startswith("ollana peer add SERVER-ADDRESS")
 
 
@@ -297,3 +297,26 @@ def test_ipv6_sources_are_written_as_addresses_to_type() -> None:
     found = problems(facts(heard=(v6,), firewall=FirewallFact(("iptables",), None, (drop,))))
     (fw,) = [f for f in found if f.topic == "firewall"]
     assert fw.fix[1].endswith("ollana peer add 10.0.0.5:11435")
+
+
+def test_mdns_answers_against_heartbeats() -> None:
+    from ollana.doctor.facts import MdnsFact
+
+    # Heard both ways, listed: nothing to say.
+    both = MdnsFact("gpu-box (ABCDEFG)._ollana._tcp.local.", "10.0.0.5", 11435, "n1", "gpu-box", "devices")
+    assert analyze(facts(mdns=(both,))) == []
+    # mDNS only (heartbeats dropped somewhere), listed: a note that says why, healthy.
+    found = analyze(facts(heard=(), mdns=(both,)))
+    assert healthy(found) and len(found) == 1
+    assert "found gpu-box at 10.0.0.5:11435 by mDNS only" in found[0].what and "UDP 11436" in found[0].what
+    # mDNS only and not listed by the node: a problem with the line to type.
+    other = MdnsFact("b._ollana._tcp.local.", "10.0.0.7", 11435, "n7", "box-b", "devices")
+    (p,) = problems(facts(heard=(), mdns=(both, other)))
+    assert "box-b at 10.0.0.7:11435 answers mDNS, but the running node does not list it" in p.what
+    assert p.fix == ("ollana peer add 10.0.0.7:11435",)
+    # A record clients cannot use.
+    (p,) = problems(facts(mdns=(MdnsFact("x._ollana._tcp.local.", error="not a valid ollana record: v"),)))
+    assert "x._ollana._tcp.local. answered mDNS but not a valid ollana record" in p.what
+    # Nothing at all: the no-server message says mDNS was asked too.
+    lonely = facts(node=replace(facts().node, peers=()), heard=(), mdns=())
+    assert "no heartbeat or mDNS answer arrived" in problems(lonely)[0].what
