@@ -14,7 +14,7 @@ from ollana.config import OLLAMA_DEFAULT_PORT, Endpoint, parse_endpoint
 from ollana.errors import ConfigError, print_error
 from ollana.service.control import fetch_status
 
-_COLUMNS = ("SERVER", "ADDRESS", "TRUST", "HEALTH", "RTT", "BUSY", "MODELS", "LOADED")
+_COLUMNS = ("SERVER", "ADDRESS", "FOUND BY", "TRUST", "HEALTH", "RTT", "BUSY", "MODELS", "LOADED")
 
 
 def _endpoint(_ctx: click.Context, _param: click.Parameter, value: str) -> Endpoint:
@@ -74,7 +74,8 @@ def _row(p: Mapping[str, Any]) -> tuple[str, ...]:
     models, loaded = p.get("models") or [], p.get("loaded") or []
     return (
         str(p.get("hostname") or p.get("id", "?")[:12]),
-        f"{host}:{p.get('port', '?')}",
+        str(p.get("endpoint") or f"{host}:{p.get('port', '?')}"),
+        ",".join(p.get("sources") or [str(p.get("source", "?"))]),
         trust,
         "healthy" if p.get("healthy") else "down",
         f"{rtt:.1f} ms" if isinstance(rtt, (int, float)) else "-",

@@ -41,7 +41,7 @@ async def test_peers_lists_servers_with_models_and_slots() -> None:
         assert sorted(m for p in listed for m in p["models"]) == ["alpha:1b", "beta:1b", "gamma:1b"]
         assert all(p["slots"] == 1 and p["healthy"] for p in listed)
         table = await ollana("peers", "--node", node)
-        assert table.splitlines()[0].split()[:3] == ["SERVER", "ADDRESS", "TRUST"]
+        assert table.splitlines()[0].split()[:5] == ["SERVER", "ADDRESS", "FOUND", "BY", "TRUST"]
         assert "alpha:1b" in table and "beta:1b, gamma:1b" in table and "0/1" in table
 
 
