@@ -58,9 +58,8 @@ async def test_fails_over_with_the_body_replayed(two_servers: list[tuple[FakeOll
         for _ in range(3):
             r = await client.chat(model="llama3.2:1b", messages=[{"role": "user", "content": "hello"}])
             assert r.message.content
-        async with aiohttp.ClientSession() as s:
-            async with s.get(client_url + "/ollana/v1/status") as resp:
-                st = await resp.json()
+        async with aiohttp.ClientSession() as s, s.get(client_url + "/ollana/v1/status") as resp:
+            st = await resp.json()
         dead_peer = next(p for p in st["peers"] if p["port"] == dead_port)
         assert dead_peer["healthy"] is False
         chats = [r for f in (f1, f2) for r in f.requests if r.path == "/api/chat"]
@@ -68,13 +67,16 @@ async def test_fails_over_with_the_body_replayed(two_servers: list[tuple[FakeOll
 
 
 async def test_server_whose_ollama_is_down_is_skipped(two_servers: list[tuple[FakeOllama, str]]) -> None:
-    (f1, p1), (f2, p2) = two_servers
+    (f1, p1), (_f2, _p2) = two_servers
     port = free_port()
-    async with server_for(f"http://127.0.0.1:{port}") as broken:
-        async with client_for(broken, p1) as client_url:
-            async with aiohttp.ClientSession() as s:
-                async with s.post(client_url + "/api/generate", json={"model": "llama3.2:1b", "prompt": "x", "stream": False}) as r:
-                    assert r.status == 200, await r.text()
+    body = {"model": "llama3.2:1b", "prompt": "x", "stream": False}
+    async with (
+        server_for(f"http://127.0.0.1:{port}") as broken,
+        client_for(broken, p1) as client_url,
+        aiohttp.ClientSession() as s,
+        s.post(client_url + "/api/generate", json=body) as r,
+    ):
+        assert r.status == 200, await r.text()
     assert generate_count(f1) == 1
 
 
@@ -122,22 +124,25 @@ async def test_a_server_that_could_not_forward_stays_unhealthy_after_failover(
 ) -> None:
     """Its 503 "not forwarded" answer is a failure, not a sign of health (was: marked healthy again
     by the end of the same request)."""
-    (f1, p1), (f2, p2) = two_servers
+    (_f1, p1), (_f2, _p2) = two_servers
     port = free_port()
     # Ollama on that port is down: its server answers every request 503, not forwarded.
-    async with server_for(f"http://127.0.0.1:{port}") as broken:
-        async with client_for(broken, p1) as client_url, aiohttp.ClientSession() as s:
-            key = f"static:{broken.split('://')[1]}"
-            # Pinned there: its 503 reaches the app, and marks it down rather than healthy.
-            async with s.get(client_url + "/api/version", headers={"X-Ollana-Server": key}) as r:
-                assert r.status == 503
-            async with s.get(client_url + "/ollana/v1/status") as r:
-                pinned = next(p for p in (await r.json())["peers"] if p["id"] == key)
-            # Unpinned: tried (last resort or first), failed over, still down.
-            async with s.get(client_url + "/api/version") as r:
-                assert r.status == 200
-            async with s.get(client_url + "/ollana/v1/status") as r:
-                after = next(p for p in (await r.json())["peers"] if p["id"] == key)
+    async with (
+        server_for(f"http://127.0.0.1:{port}") as broken,
+        client_for(broken, p1) as client_url,
+        aiohttp.ClientSession() as s,
+    ):
+        key = f"static:{broken.split('://')[1]}"
+        # Pinned there: its 503 reaches the app, and marks it down rather than healthy.
+        async with s.get(client_url + "/api/version", headers={"X-Ollana-Server": key}) as r:
+            assert r.status == 503
+        async with s.get(client_url + "/ollana/v1/status") as r:
+            pinned = next(p for p in (await r.json())["peers"] if p["id"] == key)
+        # Unpinned: tried (last resort or first), failed over, still down.
+        async with s.get(client_url + "/api/version") as r:
+            assert r.status == 200
+        async with s.get(client_url + "/ollana/v1/status") as r:
+            after = next(p for p in (await r.json())["peers"] if p["id"] == key)
     assert pinned["healthy"] is False and after["healthy"] is False
 
 

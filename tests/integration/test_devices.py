@@ -180,14 +180,18 @@ async def test_a_client_never_uses_a_server_in_the_other_mode(
 ) -> None:
     f, base = fake
     with capture_logs() as logs:
-        async with server_for(base, state_dir=tmp_path / "open-server") as open_srv:
-            async with client_for(open_srv, trust=Trust.DEVICES, state_dir=tmp_path / "c1") as cli:
-                status, body = await get(cli + "/api/tags")
-                assert status == 503, body
-        async with server_for(base, trust=Trust.DEVICES, state_dir=tmp_path / "tls-server") as tls_srv:
-            async with client_for(tls_srv, state_dir=tmp_path / "c2") as cli:
-                status, body = await get(cli + "/api/tags")
-                assert status in (502, 503), body
+        async with (
+            server_for(base, state_dir=tmp_path / "open-server") as open_srv,
+            client_for(open_srv, trust=Trust.DEVICES, state_dir=tmp_path / "c1") as cli,
+        ):
+            status, body = await get(cli + "/api/tags")
+            assert status == 503, body
+        async with (
+            server_for(base, trust=Trust.DEVICES, state_dir=tmp_path / "tls-server") as tls_srv,
+            client_for(tls_srv, state_dir=tmp_path / "c2") as cli,
+        ):
+            status, body = await get(cli + "/api/tags")
+            assert status in (502, 503), body
     assert forwarded(f) == []
     said = {e["event"]: e for e in logs if e["log_level"] == "warning"}
     assert "--trust devices" in said["server_unreachable"]["hint"]

@@ -46,7 +46,7 @@ def port_of(url: str) -> int:
 
 
 async def test_official_client_through_the_server_proxy(proxied: tuple[FakeOllama, str, str]) -> None:
-    f, _, proxy = proxied
+    _f, _, proxy = proxied
     client = ollama.AsyncClient(host=proxy)
     models = (await client.list()).models
     assert models
@@ -82,16 +82,18 @@ async def test_host_rewritten_hop_by_hop_dropped_rest_passes(proxied: tuple[Fake
 async def test_compressed_body_passes_byte_exact(proxied: tuple[FakeOllama, str, str]) -> None:
     f, _, proxy = proxied
     body = gzip.compress(json.dumps({"model": "llama3.2:1b"}).encode())
-    async with aiohttp.ClientSession(auto_decompress=False) as s:
-        async with s.post(proxy + "/api/show", data=body, headers={"Content-Encoding": "gzip"}) as r:
-            await r.read()
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as s,
+        s.post(proxy + "/api/show", data=body, headers={"Content-Encoding": "gzip"}) as r,
+    ):
+        await r.read()
     rec = from_apps(f)[-1]
     assert rec.header("Content-Encoding") == "gzip"
     assert rec.body_sha256 == hashlib.sha256(body).hexdigest() and rec.body_size == len(body)
 
 
 async def test_streams_chunk_by_chunk_even_split_mid_line(proxied: tuple[FakeOllama, str, str]) -> None:
-    f, base, proxy = proxied
+    f, _base, proxy = proxied
     f.configure(chunk_delay=0.05, tokens=6, split_chunks=True)
     arrivals: list[float] = []
     data = b""
@@ -228,7 +230,7 @@ async def test_role_detection_never_takes_an_ollana_for_an_ollama(proxied: tuple
 
 
 async def test_status_and_unknown_own_endpoint(proxied: tuple[FakeOllama, str, str]) -> None:
-    _, base, proxy = proxied
+    _, _base, proxy = proxied
     async with aiohttp.ClientSession() as s:
         async with s.get(proxy + "/ollana/v1/status") as r:
             st = await r.json()

@@ -50,7 +50,8 @@ def official_suite(base: str) -> dict[str, Any]:
         f.write(b"GGUF" + os.urandom(3 * 1024 * 1024 + 13))  # create checks the GGUF magic
         path = f.name
     digest = client.create_blob(path)
-    out["blob_digest_ok"] = digest == "sha256:" + hashlib.sha256(open(path, "rb").read()).hexdigest()
+    with open(path, "rb") as blob:
+        out["blob_digest_ok"] = digest == "sha256:" + hashlib.sha256(blob.read()).hexdigest()
     os.unlink(path)
     created = client.create(model="mine:latest", files={"model.gguf": digest})
     out["create_status"] = created.status
@@ -196,7 +197,7 @@ def start_and_wait(argv: list[str], base: str, path: str, timeout: float) -> dic
     import subprocess
 
     t0 = time.time()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(os.devnull, "w"), start_new_session=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     result = wait_ok(base, path, timeout)
     result["started"] = t0
     result["elapsed"] = result["at"] - t0

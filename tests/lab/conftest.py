@@ -40,7 +40,7 @@ def _lab_ready() -> None:
         _unavailable(reason)
     try:
         cleanup_stale_namespaces()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever fails, the lab is unavailable: skip with why
         _unavailable(f"cannot list network namespaces: {exc}")
     cleanup_stale_log_dirs()
 

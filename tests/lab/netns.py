@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Final, Self
 
 __all__ = [
     "REPO_ROOT",
@@ -124,7 +124,7 @@ def _ip_binary() -> str:
 
 def _run_checked(argv: Sequence[str], timeout: float = 10.0) -> str:
     proc = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
     )
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, proc.stdout, proc.stderr)
@@ -159,7 +159,7 @@ def running(pid: int) -> bool:
 
 def _namespace_pids(ip: str, ns: str) -> list[int]:
     proc = subprocess.run(
-        [ip, "netns", "pids", ns], capture_output=True, text=True, stdin=subprocess.DEVNULL
+        [ip, "netns", "pids", ns], capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
     )
     return [int(tok) for tok in proc.stdout.split() if tok.isdigit()]
 
@@ -520,7 +520,7 @@ class Lab:
                 raise LabUnavailable(f"cannot build the hub namespace: {exc}") from exc
             raise
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -697,18 +697,18 @@ class Lab:
         errors: list[str] = []
         try:
             self._stop_processes()
-        except Exception as exc:  # teardown must go on: namespaces still need deleting
+        except Exception as exc:  # noqa: BLE001 - teardown must go on: namespaces still need deleting
             errors.append(f"stopping processes: {exc!r}")
         for ns in self._namespaces:
             try:
                 _kill_namespace_processes(self.ip_bin, ns, grace=STOP_GRACE)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - teardown goes on (collected, raised at the end)
                 errors.append(f"killing processes in {ns}: {exc!r}")
         # Hosts first: deleting a host also deletes its veth pair out of the hub.
         for ns in reversed(self._namespaces):
             try:
                 _run_checked([self.ip_bin, "netns", "del", ns])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - teardown goes on (collected, raised at the end)
                 errors.append(f"deleting {ns}: {exc!r}")
         self._namespaces.clear()
         if not self._keep_logs:

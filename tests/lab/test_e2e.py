@@ -91,7 +91,7 @@ def test_server_started_after_client_is_usable_within_1s(lab: Lab, figure: Calla
     watch = Watcher(lan.client.host, "wait-ok", "--timeout", "15")
     proc = start_ollana(host, wait=False, trust=trust)
     line = host.wait_for_line(proc, r'^.*"event": "serving".*$', timeout=15).group(0)
-    ready_at = datetime.fromisoformat(json.loads(line)["timestamp"].replace("Z", "+00:00")).timestamp()
+    ready_at = datetime.fromisoformat(json.loads(line)["timestamp"]).timestamp()
     out = watch.result()
     assert out["ok"], out
     figure(f"[{trust}] server ready to usable by a running client", out["at"] - ready_at)

@@ -187,7 +187,7 @@ def test_root_namespace_gets_no_interface_or_route_into_the_lab(_lab_ready: None
         assert not re.search(r"^(local |broadcast )?10\.77\.", routes, re.MULTILINE), routes
         # `ip route get` only consults the table; it sends nothing.
         probe = subprocess.run(
-            ["ip", "-o", "route", "get", "10.77.0.2"], capture_output=True, text=True
+            ["ip", "-o", "route", "get", "10.77.0.2"], capture_output=True, text=True, check=False
         )
         dev = re.search(r" dev (\S+)", probe.stdout)
         if dev is not None:
@@ -210,9 +210,9 @@ def test_close_kills_processes_and_removes_namespaces(_lab_ready: None) -> None:
         # A daemon-like grandchild in its own session escapes the process group.
         escaped = a.popen(
             [sys.executable, "-c",
-             "import os, subprocess, sys; "
+             ("import os, subprocess, sys; "
              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
-             "start_new_session=True); print(p.pid, flush=True)"],
+             "start_new_session=True); print(p.pid, flush=True)")],
             log_name="escaper",
         )  # fmt: skip
         a.wait_for_line(proc, "^up$")
@@ -239,4 +239,4 @@ def test_stale_namespaces_of_dead_runs_are_removed(_lab_ready: None) -> None:
         assert live in names
     finally:
         for ns in (stale, live):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)

@@ -24,11 +24,11 @@ DEVICE = bytes(range(100, 132))
 
 
 def heartbeat(**kw: object) -> Heartbeat:
-    fields: dict[str, object] = dict(
-        node_id=NODE, instance_id=INST, seq=7, proxy_port=11435, interval_ms=2000,
-        scheme="http", hostname="gpu-box", ollama_version="0.33.0", ollana_version="0.1.0",
-        address="10.77.0.2",
-    )
+    fields: dict[str, object] = {
+        "node_id": NODE, "instance_id": INST, "seq": 7, "proxy_port": 11435, "interval_ms": 2000,
+        "scheme": "http", "hostname": "gpu-box", "ollama_version": "0.33.0", "ollana_version": "0.1.0",
+        "address": "10.77.0.2",
+    }
     fields.update(kw)
     return Heartbeat(**fields)  # type: ignore[arg-type]
 
