@@ -30,29 +30,38 @@ class Node:
         return f"ollana-{self.host.name}"
 
 
-def start_fake(host: Host, *args: str, port: int = 11434) -> subprocess.Popen[bytes]:
+FAKE_READY = r"fakeollama listening on"
+SERVING = r'"event": "serving"'
+
+
+def start_fake(host: Host, *args: str, port: int = 11434, wait: bool = True) -> subprocess.Popen[bytes]:
+    """``wait=False``: return at once; wait for ``FAKE_READY`` in its log later (many at a time)."""
     proc = host.popen(
         [sys.executable, "-m", "tests.fakeollama", "--host", "127.0.0.1", "--port", str(port), *args],
         log_name=f"fake-{host.name}",
     )
-    host.wait_for_line(proc, r"fakeollama listening on", timeout=15)
+    if wait:
+        host.wait_for_line(proc, FAKE_READY, timeout=15)
     return proc
 
 
-def ollana_argv(*args: str, trust: str = "open") -> list[str]:
+def ollana_argv(*args: str, trust: str = "open", interval: float = INTERVAL) -> list[str]:
     """`ollana serve` for the lab. Trust mode open unless asked: the discovery and failover tests
-    are about the LAN; tests/lab/test_trust.py (and the official-client suite) pair devices."""
-    return [sys.executable, "-m", "ollana", "serve", "--heartbeat-interval", str(INTERVAL), "--trust", trust, *args]
+    are about the LAN; tests/lab/test_trust.py (and the official-client suite) pair devices.
+    ``interval``: the heartbeat interval (the lab's short one unless asked)."""
+    return [sys.executable, "-m", "ollana", "serve", "--heartbeat-interval", str(interval), "--trust", trust, *args]
 
 
 def start_ollana(
-    host: Host, *args: str, env: dict[str, str] | None = None, wait: bool = True, trust: str = "open"
+    host: Host, *args: str, env: dict[str, str] | None = None, wait: bool = True, trust: str = "open",
+    interval: float = INTERVAL,
 ) -> subprocess.Popen[bytes]:
     full_env = {"OLLANA_LOG": "debug", "OLLANA_HOME": str(host.dir / "state")}
     full_env.update(env or {})
-    proc = host.popen(ollana_argv("--log-format", "json", *args, trust=trust), env=full_env, log_name=f"ollana-{host.name}")
+    argv = ollana_argv("--log-format", "json", *args, trust=trust, interval=interval)
+    proc = host.popen(argv, env=full_env, log_name=f"ollana-{host.name}")
     if wait:
-        host.wait_for_line(proc, r'"event": "serving"', timeout=15)
+        host.wait_for_line(proc, SERVING, timeout=15)
     return proc
 
 
