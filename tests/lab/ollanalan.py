@@ -78,7 +78,7 @@ def event_time(host: Host, event: str, *, after: float, timeout: float = 10) -> 
             if f'"event": "{event}"' not in line:
                 continue
             stamp = json.loads(line)["timestamp"]
-            at = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            at = datetime.fromisoformat(stamp).timestamp()
             if at >= after:
                 return at
         if time.monotonic() > deadline:
