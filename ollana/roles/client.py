@@ -60,6 +60,8 @@ class ClientNode:
                                   self._probe, self._catalogs.fetch, self._announced, self._vetting, local)
         self._listen = rt.config.listen_for(Role.CLIENT)
         self._check_now = asyncio.Event()
+        # Peers to check at the next early wake-up (new, restarted, moved); None: every peer.
+        self._due: set[str] | None = None
         self._last_probe = -1e9
         self._tg: asyncio.TaskGroup | None = None
         self._checks: dict[tuple[str, int, str], asyncio.Task[None]] = {}
@@ -128,7 +130,7 @@ class ClientNode:
             return
         if change.kind in (ChangeKind.ADDED, ChangeKind.RESTARTED, ChangeKind.MOVED):
             self._route.peer_added.set()
-            self._check_now.set()
+            self._check_soon(change.peer.key)
             if change.kind is ChangeKind.RESTARTED:
                 self._view.forget(change.peer.key)  # a new process: its old counts mean nothing
         elif change.kind in (ChangeKind.REMOVED, ChangeKind.EXPIRED):
@@ -242,7 +244,7 @@ class ClientNode:
                 cut = self._route.cut(peer.key)
                 log.warning("server_cut_off", peer=peer.key, hostname=peer.hostname or None,
                             address=str(peer.endpoint), requests=cut, reason="disabled on this device")
-        self._check_now.set()  # newly allowed servers: usable at once
+        self._check_soon(None)  # newly allowed servers: usable at once
 
     async def _expire_loop(self) -> None:
         period = self._rt.config.timings.heartbeat_interval / 4
@@ -253,18 +255,34 @@ class ClientNode:
 
     # -- health ----------------------------------------------------------------------------
 
+    def _check_soon(self, key: str | None) -> None:
+        """Check ``key`` (None: every peer) now rather than at the next round."""
+        if key is None:
+            self._due = None
+        elif self._due is not None:
+            self._due.add(key)
+        self._check_now.set()
+
     async def _health_loop(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self._rt.config.timings.health_timeout)
+        interval = self._rt.config.timings.health_interval
+        last_round = -math.inf
         while True:
             self._check_now.clear()
-            peers = list(self._table)
+            due, self._due = self._due, set()
+            now = self._rt.clock()
+            if due is None or now - last_round >= interval:
+                due, last_round = None, now  # a full round: every peer, every interval
+            # An early wake-up checks only the peers that caused it: 20 servers found one after
+            # another cost 20 checks, not 20 rounds of all of them.
+            peers = [p for p in self._table if due is None or p.key in due]
             if peers:
                 results = await asyncio.gather(*(self._check(p, timeout) for p in peers), return_exceptions=True)
                 for peer, result in zip(peers, results, strict=True):
                     if isinstance(result, Exception):  # a peer's answers must never stop the checks
                         log.error("peer_check_crashed", peer=peer.key, error=repr(result))
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._check_now.wait(), self._rt.config.timings.health_interval)
+                await asyncio.wait_for(self._check_now.wait(), max(0.0, last_round + interval - self._rt.clock()))
 
     async def _check(self, peer: Peer, timeout: aiohttp.ClientTimeout) -> None:
         local = self._local
