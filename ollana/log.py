@@ -139,7 +139,31 @@ class _Sink:
     def write(self, line: str) -> None:
         self._out.write(line)
 
-    debug = info = warning = warn = error = critical = exception = msg = log = write
+    trace = debug = info = warning = warn = error = critical = exception = msg = log = write
+
+
+class Logger(structlog.BoundLogger):
+    """structlog's bound logger with a ``trace`` level below debug (raw packet bytes and the like).
+
+    Callers check ``log.tracing()`` before building costly trace fields; the level filter drops
+    the event otherwise.
+    """
+
+    def trace(self, event: str | None = None, **kw: object) -> object:
+        # Checked here, not only by the filter: an unconfigured logger has no trace method.
+        if not self.tracing():
+            return None
+        return self._proxy_to_logger("trace", event, **kw)
+
+    def tracing(self) -> bool:
+        name = getattr(self._logger, "name", None)
+        return logging.getLogger(name).isEnabledFor(TRACE) if isinstance(name, str) else False
+
+
+def get_logger(name: str) -> Logger:
+    """A module's logger; ``log = get_logger(__name__)`` at module scope (configured at startup)."""
+    logger: Logger = structlog.wrap_logger(None, wrapper_class=Logger, logger_factory_args=(name,))
+    return logger
 
 
 def _filter_by_target(logger: _Sink, method: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
@@ -152,6 +176,7 @@ def _filter_by_target(logger: _Sink, method: str, event: structlog.types.EventDi
 
 
 _METHOD_LEVELS: Final = {
+    "trace": TRACE,
     "debug": logging.DEBUG,
     "info": logging.INFO,
     "warning": logging.WARNING,
@@ -211,7 +236,7 @@ def configure(
             renderer,
         ],
         logger_factory=lambda name=None, *_a: _Sink(str(name or "ollana"), output),
-        wrapper_class=structlog.BoundLogger,
+        wrapper_class=Logger,
         # Not cached: a logger first used before configure() (or reconfigured in tests and after
         # daemonising) must follow the current configuration.
         cache_logger_on_first_use=False,

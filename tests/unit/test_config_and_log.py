@@ -98,3 +98,24 @@ def test_configured_levels_filter_by_target_and_render_json() -> None:
         logging.getLogger().handlers.clear()
         for name in ("ollana.discovery",):
             logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def test_trace_level_is_below_debug_and_costs_nothing_when_off() -> None:
+    unconfigured = logconf.get_logger("ollana.discovery.service")
+    assert unconfigured.trace("bytes", hex="00") is None  # no configuration: no error, no output
+    out = io.StringIO()
+    logconf.configure(logconf.parse_directives("debug,ollana.discovery=trace"), stream=out)
+    try:
+        traced = logconf.get_logger("ollana.discovery.service")
+        plain = logconf.get_logger("ollana.proxy.handler")
+        assert traced.tracing() and not plain.tracing()
+        traced.trace("packet_bytes", hex="0102")
+        plain.trace("hidden", hex="03")
+        plain.debug("shown")
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [(line["event"], line["level"]) for line in lines] == [
+            ("packet_bytes", "trace"), ("shown", "debug")]
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+        logging.getLogger("ollana.discovery").setLevel(logging.NOTSET)
