@@ -17,6 +17,7 @@ DEFAULT_TAG: Final = "latest"
 def model_key(name: str) -> str:
     """The comparison key of a model name (``host/namespace/model:tag``), or "" if empty."""
     name = name.strip().split("@", 1)[0]  # a pinned digest names the same model
+    name = name.split("://", 1)[-1]  # Ollama's parser drops a scheme ("https://host/ns/m:tag")
     if not name:
         return ""
     path, colon, tag = name.rpartition(":")

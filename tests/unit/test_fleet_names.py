@@ -19,6 +19,8 @@ LLAMA = "registry.ollama.ai/library/llama3.2:latest"
         "registry.ollama.ai/library/llama3.2",
         "registry.ollama.ai/library/llama3.2:latest",
         "llama3.2:",  # an empty tag is the default tag
+        "https://registry.ollama.ai/library/llama3.2:latest",  # Ollama's parser drops a scheme
+        "http://registry.ollama.ai/library/llama3.2",
     ],
 )
 def test_every_spelling_of_one_model_has_one_key(name: str) -> None:
