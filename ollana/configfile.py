@@ -43,6 +43,10 @@ HEARTBEAT_RANGE: Final = (0.05, 3600.0)
 GRACE_RANGE: Final = (0.0, 3600.0)
 PARALLEL_RANGE: Final = (1, 1024)
 PORT_RANGE: Final = (1, 65535)
+# config.py's parsers say "invalid address 'x': why"; a file's error names the key and value itself.
+_PARSER_PREFIX: Final = re.compile(r"^invalid [^'\"]*(['\"]).*?\1(: |$)")
+# tomllib says "Invalid value (at line 2, column 9)".
+_TOML_POSITION: Final = re.compile(r"^(?P<reason>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")
 
 
 class Origin(enum.Enum):
@@ -111,7 +115,6 @@ def _parsed(parse: Callable[[str], object], what: str) -> Callable[[object], obj
         try:
             return parse(_text(value))
         except (ConfigError, BadValue) as exc:
-            # The parsers say "invalid address 'x': why"; the key and the value are said already.
             why = _PARSER_PREFIX.sub("", str(exc))
             raise BadValue(f"must be {what}" + (f"; {why}" if why else "")) from None
     return check
@@ -196,8 +199,6 @@ DEFAULTS: Final[Mapping[str, object]] = {
     "log_file": None,
 }
 
-_PARSER_PREFIX: Final = re.compile(r"^invalid [^'\"]*(['\"]).*\1(: |$)")
-_TOML_POSITION: Final = re.compile(r"^(?P<reason>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")
 
 
 def default_config_file(state_dir: Path) -> Path:

@@ -84,7 +84,8 @@ def read_file(path: Path, *, required: bool) -> dict[str, object] | None:
     except OSError as exc:
         raise ConfigFileError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
     try:
-        return configfile.parse_file(data.decode("utf-8"), path)
+        # Absolute, so the file's relative paths stay right after `serve -d` moves to /.
+        return configfile.parse_file(data.decode("utf-8"), Path(os.path.abspath(path)))
     except UnicodeDecodeError:
         raise ConfigFileError(f"{path}: invalid TOML: not UTF-8 text") from None
     except ConfigError as exc:
@@ -116,11 +117,11 @@ def _shown(name: str, value: object, opts: Mapping[str, Any], state_dir: Path, i
     return value
 
 
+# What None means (with -d, the pid and log files' defaults are shown themselves).
 _NONE_TEXT = {
-    "listen": "(role's: 127.0.0.1:11434 as client, 0.0.0.0:11435 as server)",
-    "lan_listen": "(role both: 0.0.0.0:11435)",
-    "pid_file": "(none; with -d: the default pid file)",
-    "log_file": "(standard error; with -d: the default log file)",
+    "listen": "(client 127.0.0.1:11434, server 0.0.0.0:11435)",
+    "lan_listen": "(0.0.0.0:11435)",
+    "log_file": "(standard error)",
 }
 
 
