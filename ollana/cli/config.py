@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,11 +159,16 @@ def as_json(resolved: Resolved, shown: Mapping[str, object]) -> str:
     return json.dumps(doc, indent=2)
 
 
-def show_settings(ctx: click.Context, opts: Mapping[str, Any], *, as_json_doc: bool) -> None:
+Build = Callable[[Mapping[str, Any], Mapping[str, str]], object]
+
+
+def show_settings(ctx: click.Context, opts: Mapping[str, Any], build: Build, *, as_json_doc: bool) -> None:
     from ollana.config import parse_ollama_host
 
     is_root = os.geteuid() == 0
     resolved = resolve(ctx, opts, os.environ, is_root=is_root)
+    # What serve refuses across keys (advertise_ollama without trust open) is refused here too.
+    build({**opts, **configfile.as_options(resolved.settings)}, os.environ)
     state_dir = Path(str(resolved.settings["state_dir"].value))
     shown = {name: _shown(name, s.value, opts, state_dir, is_root) for name, s in resolved.settings.items()}
     try:  # the URL serve connects to, as OLLAMA_HOST's rules read it
@@ -173,8 +178,12 @@ def show_settings(ctx: click.Context, opts: Mapping[str, Any], *, as_json_doc: b
     click.echo(as_json(resolved, shown) if as_json_doc else render(resolved, shown))
 
 
-def config_group(serve: click.Command) -> click.Group:
-    """`ollana config`: `show` takes serve's options, so it shows what that serve would use."""
+def config_group(serve: click.Command, build_config: Callable[..., object]) -> click.Group:
+    """`ollana config`: `show` takes serve's options, so it shows what that serve would use;
+    ``build_config`` is serve's, which ``show`` runs for the checks across keys."""
+
+    def build(opts: Mapping[str, Any], env: Mapping[str, str]) -> object:
+        return build_config(opts, env, is_root=os.geteuid() == 0)
 
     @click.group("config")
     def group() -> None:
@@ -184,7 +193,7 @@ def config_group(serve: click.Command) -> click.Group:
     def show(ctx: click.Context, /, **opts: Any) -> None:
         """Print each setting `ollana serve` would use with these options, and where it comes
         from: default, file PATH, env VAR or flag --NAME."""
-        show_settings(ctx, opts, as_json_doc=bool(opts.pop("json_doc", False)))
+        show_settings(ctx, opts, build, as_json_doc=bool(opts.pop("json_doc", False)))
 
     json_option = click.Option(["--json", "json_doc"], is_flag=True, help="Print JSON, for machines.")
     group.add_command(click.Command(

@@ -109,7 +109,8 @@ def cli() -> None:
 @click.option("--peer", "peers", multiple=True, callback=_peers, metavar="HOST[:PORT]",
               help="A server to use besides the discovered ones (repeatable; port defaults to 11435).")
 @click.option("--no-discovery/--discovery", default=False,
-              help="Neither announce nor listen for servers, by heartbeats or mDNS (use with --peer).")
+              help="Neither announce nor listen for servers, by heartbeats or mDNS (use with --peer). "
+                   "--discovery undoes a config file's no_discovery = true.")
 @click.option("--advertise-ollama/--no-advertise-ollama", default=False,
               help="Server, --trust open only: also register _ollama._tcp.local. by mDNS (instance = host name, "
                    "TXT version=), so mDNS-aware Ollama apps find this server's proxy.")
@@ -308,7 +309,7 @@ cli.add_command(device)
 cli.add_command(peers)
 cli.add_command(peer)
 cli.add_command(doctor)
-cli.add_command(config_group(serve))
+cli.add_command(config_group(serve, build_config))
 
 
 def main() -> None:

@@ -136,3 +136,11 @@ def test_the_error_line_as_a_user_sees_it(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr == f"ollana: error: {config}: line 2, column 12: invalid TOML: Invalid value\n"
+
+
+def test_show_refuses_what_serve_refuses_across_keys(home: Path) -> None:
+    (home / "ollana.toml").write_text("advertise_ollama = true\n")
+    result = invoke(["config", "show"], {"OLLANA_HOME": str(home)})
+    assert result.exit_code == 2
+    assert "--advertise-ollama needs --trust open" in result.output
+    assert invoke(["config", "show", "--trust", "open"], {"OLLANA_HOME": str(home)}).exit_code == 0
