@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from types import MappingProxyType
 from typing import Final
 
 from ollana.config import (
@@ -112,6 +113,8 @@ def _boolean(value: object) -> object:
 def _parsed(parse: Callable[[str], object], what: str) -> Callable[[object], object]:
     """A string checked by one of config.py's parsers; its reason joins what is allowed."""
     def check(value: object) -> object:
+        if not isinstance(value, str):
+            raise BadValue(f"must be {what} (a string)")
         try:
             return parse(_text(value))
         except (ConfigError, BadValue) as exc:
@@ -174,10 +177,10 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("pid_file", "pid_file", _path),
     Key("log_file", "log_file", _path),
 )
-KEYS_BY_NAME: Final = {k.name: k for k in KEYS}
+KEYS_BY_NAME: Final = MappingProxyType({k.name: k for k in KEYS})
 # Values when neither flag, environment nor file says anything. None: decided later (the
 # role's address, no pid or log file unless -d).
-DEFAULTS: Final[Mapping[str, object]] = {
+DEFAULTS: Final[Mapping[str, object]] = MappingProxyType({
     "mode": Mode.AUTO.value,
     "ollama": parse_ollama_host(None),
     "listen": None,
@@ -197,7 +200,7 @@ DEFAULTS: Final[Mapping[str, object]] = {
     "grace": 10.0,
     "pid_file": None,
     "log_file": None,
-}
+})
 
 
 
@@ -244,7 +247,17 @@ def parse_file(text: str, path: PurePath) -> dict[str, object]:
     return values
 
 
+# Options deliberately without a key, and what to do instead.
+_NOT_KEYS: Final = MappingProxyType({
+    "daemon": "not a file setting: start with `ollana serve -d`",
+    "config": "not a file setting: pass --config",
+    "force_server_mode": 'not a file setting: write mode = "server"',
+})
+
+
 def _unknown(name: str) -> str:
+    if name.replace("-", "_") in _NOT_KEYS:
+        return _NOT_KEYS[name.replace("-", "_")]
     guess = difflib.get_close_matches(name.replace("-", "_"), KEYS_BY_NAME, n=1)
     hint = f'; did you mean "{guess[0]}"?' if guess else ""
     return f"unknown key{hint} (keys: {', '.join(KEYS_BY_NAME)})"

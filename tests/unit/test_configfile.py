@@ -125,6 +125,12 @@ def test_an_unknown_key_names_the_file_the_key_and_the_keys() -> None:
     assert error("colour = 1") == f"{FILE}: colour: unknown key (keys: {', '.join(KEYS_BY_NAME)})"
 
 
+def test_options_without_a_key_say_what_to_do_instead() -> None:
+    assert error("daemon = true") == f"{FILE}: daemon: not a file setting: start with `ollana serve -d`"
+    assert error("force-server-mode = true") == f'{FILE}: force-server-mode: not a file setting: write mode = "server"'
+    assert error("listen = 11500") == f'{FILE}: listen: must be an address "HOST:PORT" (a string) (got 11500)'
+
+
 def test_bad_toml_says_line_and_column() -> None:
     assert error('mode = "server"\ngrace = \n') == f"{FILE}: line 2, column 9: invalid TOML: Invalid value"
     assert error('mode = "a"\nmode = "b"\n').startswith(f"{FILE}: line 2, column ")
