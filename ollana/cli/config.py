@@ -198,10 +198,11 @@ def config_group(serve: click.Command, build_config: Callable[..., object]) -> c
     json_option = click.Option(["--json", "json_doc"], is_flag=True, help="Print JSON, for machines.")
     group.add_command(click.Command(
         "show", callback=show, params=[*serve.params, json_option], help=show.__doc__,
+        short_help="The settings serve would use, and where each comes from.",
         context_settings={"max_content_width": 100},
     ))
 
-    @group.command("path")
+    @group.command("path", short_help="The config file serve would read.")
     @CONFIG_OPTION
     @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), envvar="OLLANA_HOME",
                   help="The state dir whose config file to name [env: OLLANA_HOME].")
