@@ -27,6 +27,8 @@ DISCOVERY_DEFAULT_GROUP: Final = "239.255.11.36"
 # range of IDs IANA never assigns, so it meets no assigned or solicited-node group; it ends in
 # the port. Its Ethernet address is 33:33:80:11:04:36. See docs/protocol.md.
 DISCOVERY_DEFAULT_GROUP6: Final = "ff02::8011:436"
+# root's default state dir, and the services' (packaging/): its config file is in /etc/ollana.
+SYSTEM_STATE_DIR: Final = Path("/var/lib/ollana")
 
 
 class Mode(enum.Enum):
@@ -243,7 +245,7 @@ def default_state_dir(env: Mapping[str, str], *, is_root: bool) -> Path:
     if env.get("OLLANA_HOME"):
         return Path(env["OLLANA_HOME"])
     if is_root:
-        return Path("/var/lib/ollana")
+        return SYSTEM_STATE_DIR
     if env.get("XDG_DATA_HOME"):
         return Path(env["XDG_DATA_HOME"]) / "ollana"
     return Path(env.get("HOME", os.path.expanduser("~"))) / ".local" / "share" / "ollana"

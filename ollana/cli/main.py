@@ -16,6 +16,7 @@ import structlog
 
 from ollana import __version__
 from ollana import log as logconf
+from ollana.cli.config import CONFIG_OPTION, config_group, resolve
 from ollana.cli.device import device
 from ollana.cli.doctor import doctor
 from ollana.cli.peer import peer
@@ -35,6 +36,7 @@ from ollana.config import (
     parse_ollama_host,
     parse_parallel,
 )
+from ollana.configfile import GRACE_RANGE, HEARTBEAT_RANGE, PARALLEL_RANGE, PORT_RANGE, as_options
 from ollana.errors import ConfigError, StartupError, print_error
 from ollana.service import control, daemon, pidfile
 
@@ -81,6 +83,7 @@ def cli() -> None:
 
 
 @cli.command()
+@CONFIG_OPTION
 @click.option("--mode", type=click.Choice([m.value for m in Mode]), default="auto", show_default=True,
               help="auto: if the local Ollama answers at start, server, or both when 127.0.0.1:11434 is free "
                    "(Ollama on another port); else client. both: share the local Ollama and let this "
@@ -93,7 +96,7 @@ def cli() -> None:
 @click.option("--lan-listen", callback=_endpoint, metavar="HOST:PORT",
               help="Role both: where the LAN proxy listens (default 0.0.0.0:11435); --listen is then the "
                    "client listener's address.")
-@click.option("--discovery-port", type=click.IntRange(1, 65535), default=DISCOVERY_DEFAULT_PORT, show_default=True,
+@click.option("--discovery-port", type=click.IntRange(*PORT_RANGE), default=DISCOVERY_DEFAULT_PORT, show_default=True,
               help="UDP port of discovery heartbeats and probes.")
 @click.option("--multicast-group", default=DISCOVERY_DEFAULT_GROUP, show_default=True, metavar="IPV4",
               callback=_group(4), help="IPv4 multicast group of discovery (administratively scoped).")
@@ -101,26 +104,27 @@ def cli() -> None:
               callback=_group(6), help="IPv6 multicast group of discovery (link-local scope, ff02::/16).")
 @click.option("--interface", "interfaces", multiple=True, metavar="NAME",
               help="Run discovery on this interface (repeatable). Default: every up, multicast-capable, non-loopback one.")
-@click.option("--heartbeat-interval", type=click.FloatRange(0.05, 3600), default=2.0, show_default=True, metavar="SECONDS",
+@click.option("--heartbeat-interval", type=click.FloatRange(*HEARTBEAT_RANGE), default=2.0, show_default=True, metavar="SECONDS",
               help="Seconds between a server's heartbeats; peers expire after 3 missed ones.")
 @click.option("--peer", "peers", multiple=True, callback=_peers, metavar="HOST[:PORT]",
               help="A server to use besides the discovered ones (repeatable; port defaults to 11435).")
-@click.option("--no-discovery", is_flag=True,
-              help="Neither announce nor listen for servers, by heartbeats or mDNS (use with --peer).")
-@click.option("--advertise-ollama", is_flag=True,
+@click.option("--no-discovery/--discovery", default=False,
+              help="Neither announce nor listen for servers, by heartbeats or mDNS (use with --peer). "
+                   "--discovery undoes a config file's no_discovery = true.")
+@click.option("--advertise-ollama/--no-advertise-ollama", default=False,
               help="Server, --trust open only: also register _ollama._tcp.local. by mDNS (instance = host name, "
                    "TXT version=), so mDNS-aware Ollama apps find this server's proxy.")
 @click.option("--trust", type=click.Choice([t.value for t in Trust]), default="devices", show_default=True,
               help="devices: mutual TLS, only paired devices (`ollana device pending`, `ollana device allow`). "
                    "open: plain HTTP, anyone on the network may use the server and read prompts.")
-@click.option("--parallel", type=click.IntRange(1, 1024), metavar="N",
+@click.option("--parallel", type=click.IntRange(*PARALLEL_RANGE), metavar="N",
               help="Server: requests one loaded model serves at once, told to clients for routing. "
                    "Default: OLLAMA_NUM_PARALLEL if set, else 1 (Ollama's default).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), envvar="OLLANA_HOME",
               help="Where ollana keeps its state [env: OLLANA_HOME].")
 @click.option("--log-format", type=click.Choice([f.value for f in LogFormat]), default="auto", show_default=True,
               help="console on a terminal, JSON otherwise. Levels come from OLLANA_LOG (e.g. info,ollana.discovery=debug).")
-@click.option("--grace", type=click.FloatRange(0, 3600), default=10.0, show_default=True, metavar="SECONDS",
+@click.option("--grace", type=click.FloatRange(*GRACE_RANGE), default=10.0, show_default=True, metavar="SECONDS",
               help="On shutdown, how long in-flight requests may take to finish.")
 @click.option("-d", "--daemon", "daemonize", is_flag=True,
               help="Detach and run in the background; exit 0 once the daemon serves, else print its error.")
@@ -130,13 +134,16 @@ def cli() -> None:
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
               help="Log to this file, reopened on SIGHUP [with -d, default: /var/log/ollana/serve.log as root, "
                    "else serve.log in the state dir; without -d: standard error unless given].")
-def serve(**opts: Any) -> None:
+@click.pass_context
+def serve(ctx: click.Context, /, **opts: Any) -> None:
     """Serve: share the local Ollama (server) or use the LAN's Ollamas (client).
 
     SIGTERM or SIGINT stops it gracefully. SIGHUP reopens the log file and reloads log levels
-    (from STATE_DIR/log_levels if that file exists, else OLLANA_LOG).
+    (from STATE_DIR/log_levels if that file exists, else OLLANA_LOG). Every option but -d and
+    --config can be set in the config file (`ollana config show` prints what serve would use).
     """
     is_root = os.geteuid() == 0
+    opts = {**opts, **as_options(resolve(ctx, opts, os.environ, is_root=is_root).settings)}
     config = build_config(opts, os.environ, is_root=is_root)
     levels = daemon.LogLevels(_log_spec(os.environ), config.state_dir / daemon.LOG_LEVELS_FILE)
     try:
@@ -302,6 +309,7 @@ cli.add_command(device)
 cli.add_command(peers)
 cli.add_command(peer)
 cli.add_command(doctor)
+cli.add_command(config_group(serve, build_config))
 
 
 def main() -> None:

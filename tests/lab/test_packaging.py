@@ -3,6 +3,7 @@ the systemd unit through `systemd-analyze verify`, and the syntax of the others.
 
 from __future__ import annotations
 
+import json
 import os
 import plistlib
 import re
@@ -32,6 +33,10 @@ def test_sysv_script_start_status_restart_reload_stop(lab: Lab, tmp_path: Path) 
     pid_file = tmp_path / "run" / "ollana" / "ollana.pid"
     log_file = tmp_path / "log" / "ollana" / "serve.log"
     defaults = tmp_path / "default-ollana"
+    config = tmp_path / "etc" / "ollana.toml"
+    config.parent.mkdir()
+    # The settings come from the config file, as packaged; OLLANA_OPTS stays empty.
+    config.write_text('mode = "client"\nlisten = "127.0.0.1:11434"\ngrace = 2\n')
     # The service user is root here: the test interpreter lives under /root (mode 0700), which
     # no unprivileged user can run. Every path is a temp one, never /run or /var/log.
     defaults.write_text(
@@ -40,8 +45,8 @@ def test_sysv_script_start_status_restart_reload_stop(lab: Lab, tmp_path: Path) 
         f"PIDFILE={pid_file}\n"
         f"LOGFILE={log_file}\n"
         f"OLLANA_HOME={tmp_path / 'lib' / 'ollana'}\n"
+        f"CONFIG={config}\n"
         "OLLANA_LOG=info\n"
-        'OLLANA_OPTS="--mode client --listen 127.0.0.1:11434 --grace 2"\n'
     )
 
     def init(action: str, host: Host = a) -> subprocess.CompletedProcess[str]:
@@ -96,7 +101,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     if not OLLANA_BIN.exists():
         pytest.skip(f"the ollana console script is not installed next to {sys.executable}")
     unit = (PACKAGING / "systemd" / "ollana.service").read_text()
-    assert "ExecStart=/usr/local/bin/ollana serve" in unit
+    assert "ExecStart=/usr/local/bin/ollana serve --config /etc/ollana/ollana.toml " in unit
     # verify checks that ExecStart exists: point it at this machine's ollana.
     (tmp_path / "ollana.service").write_text(unit.replace("/usr/local/bin/ollana", str(OLLANA_BIN)))
     # Offline: it reads unit files only, and talks to no running systemd.
@@ -109,7 +114,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout + proc.stderr == ""
     env_file = (PACKAGING / "systemd" / "ollana.env").read_text()
-    assert re.search(r"^OLLANA_OPTS=", env_file, re.MULTILINE)
+    assert re.search(r"^OLLANA_OPTS=$", env_file, re.MULTILINE)
     assert re.search(r"^OLLANA_LOG=", env_file, re.MULTILINE)
 
 
@@ -143,3 +148,27 @@ def test_logrotate_config(tmp_path: Path) -> None:
     proc = subprocess.run([logrotate, "-d", "-s", str(tmp_path / "state"), str(conf)],
                           capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_service_reads_the_config_file() -> None:
+    assert 'CONFIG=/etc/ollana/ollana.toml' in SYSV.read_text()
+    assert '--config "$CONFIG"' in SYSV.read_text()
+    openrc = (PACKAGING / "openrc" / "ollana").read_text()
+    assert "OLLANA_CONFIG:=/etc/ollana/ollana.toml" in openrc and "serve --config ${OLLANA_CONFIG}" in openrc
+    for defaults in ("sysv/ollana.default", "openrc/ollana.confd"):
+        assert not re.search(r"^OLLANA_OPTS=.", (PACKAGING / defaults).read_text(), re.MULTILINE), defaults
+
+
+def test_the_packaged_config_file_is_valid_as_shipped_and_uncommented(tmp_path: Path) -> None:
+    example = PACKAGING / "ollana.toml"
+    uncommented = tmp_path / "ollana.toml"
+    uncommented.write_text(re.sub(r"^#(?=[a-z_0-9]+ = )", "", example.read_text(), flags=re.MULTILINE))
+    for path in (example, uncommented):
+        proc = subprocess.run(
+            [sys.executable, "-m", "ollana", "config", "show", "--json", "--config", str(path)],
+            capture_output=True, text=True, timeout=60, check=False, cwd=REPO_ROOT,
+            env={k: v for k, v in os.environ.items() if k not in ("OLLAMA_HOST", "OLLAMA_NUM_PARALLEL", "OLLANA_HOME")},
+        )
+        assert proc.returncode == 0, proc.stderr
+    sources = {name: s["source"] for name, s in json.loads(proc.stdout)["settings"].items()}
+    assert set(sources.values()) == {"file"}, sources  # every key is in the example
