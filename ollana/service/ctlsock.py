@@ -40,6 +40,9 @@ SOCKET_MODE: Final = 0o660
 MAX_REQUEST: Final = 64 * 1024
 REQUEST_TIMEOUT: Final = 5.0
 ASK_TIMEOUT: Final = 15.0
+# Linux's SO_PEERGROUPS (4.13+): the peer's supplementary groups, as the kernel saw them at connect.
+SO_PEERGROUPS: Final = int(getattr(socket, "SO_PEERGROUPS", 59))
+MAX_GROUPS: Final = 256  # Python reads at most 1024 bytes of an option
 # AF_UNIX paths are limited to 108 bytes (sun_path) on Linux.
 MAX_SOCKET_PATH: Final = 107
 
@@ -62,6 +65,20 @@ class ControlDenied(ControlError):
 def may_control(peer_uid: int, peer_gids: frozenset[int], node_uid: int, node_gid: int) -> bool:
     """Root, the node's own uid, or a member of the node's group may change a running node."""
     return peer_uid in (0, node_uid) or node_gid in peer_gids
+
+
+def peer_groups(sock: socket.socket | None, uid: int, gid: int) -> frozenset[int]:
+    """The groups of the peer process: from the kernel (SO_PEERGROUPS) where it tells, else the
+    groups of user ``uid`` in the user and group databases. The primary ``gid`` is included."""
+    if sock is not None:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_GROUPS)
+        except OSError:
+            pass
+        else:
+            count = len(raw) // 4
+            return frozenset([gid, *struct.unpack(f"{count}I", raw[: count * 4])])
+    return groups_of(uid, gid)
 
 
 def groups_of(uid: int, gid: int) -> frozenset[int]:
@@ -103,18 +120,23 @@ class ControlServer:
     async def _reply(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> dict[str, Any]:
         sock = writer.get_extra_info("socket")
         pid, uid, gid = peer_credentials(sock) if sock is not None else (0, -1, -1)
-        if not may_control(uid, groups_of(uid, gid), self._uid, self._gid):
+        try:
+            # Read the request even from someone refused: closing on unread data would reset the
+            # connection, and the asker would not learn why.
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                line = await reader.readline()
+        except (TimeoutError, ValueError):  # ValueError: a line over the limit
+            line = b""
+        if not may_control(uid, peer_groups(sock, uid, gid), self._uid, self._gid):
             log.warning("control_refused", pid=pid, uid=uid, gid=gid)
             return {"error": "not allowed: only root, the node's user or members of its group may change it",
                     "code": 4}
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                line = await reader.readline()
             request = json.loads(line)
             op, args = request["op"], request.get("args") or {}
             if not isinstance(op, str) or not isinstance(args, Mapping):
                 raise TypeError
-        except (TimeoutError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             return {"error": "bad request: send one JSON line {\"op\": ..., \"args\": {...}}", "code": 2}
         try:
             result = await asyncio.to_thread(ops.perform, self._state_dir, op, args)
@@ -209,7 +231,9 @@ def ask(path: str | Path, op: str, args: Mapping[str, Any], timeout: float = ASK
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        sock.sendall((json.dumps({"op": op, "args": dict(args)}) + "\n").encode())
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            # A node that refuses this user answers at once and closes: its reason is still there to read.
+            sock.sendall((json.dumps({"op": op, "args": dict(args)}) + "\n").encode())
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)

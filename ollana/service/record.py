@@ -135,14 +135,15 @@ def socket_path(state_dir: Path, pid_file: Path | None) -> Path:
 
 
 def proc_start(pid: int) -> int | None:
-    """The start time of process ``pid`` (clock ticks after boot), None if it is gone or /proc is
-    absent (then ``pid_exists`` decides alone)."""
+    """The start time of process ``pid`` (clock ticks after boot); -1 when it has exited (a zombie
+    its parent has not reaped yet); None when /proc does not tell (then ``pid_exists`` decides)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     except OSError:
         return None
+    fields = stat.rpartition(")")[2].split()
     try:
-        return int(stat.rpartition(")")[2].split()[19])
+        return -1 if fields[0] in ("Z", "X") else int(fields[19])
     except (IndexError, ValueError):
         return None
 
