@@ -12,11 +12,11 @@ Where the commands look, first live record wins (``candidates``, pure):
 1. ``--pid-file PATH``: ``PATH.json`` only.
 2. ``--state-dir DIR`` / ``OLLANA_HOME``: ``DIR/running.json``, then the run-dir records below,
    keeping only a node that uses DIR.
-3. Otherwise: the default pid file's record (``/run/ollana.pid.json`` as root,
-   ``$XDG_RUNTIME_DIR/ollana.pid.json``, else in the default state dir), the packaged services'
-   ``/run/ollana/ollana.pid.json`` (or ``PIDFILE`` from /etc/default/ollana), then
-   ``running.json`` in the default state dir, in ``OLLANA_HOME`` from /etc/default/ollana or
-   /etc/conf.d/ollana, and in /var/lib/ollana.
+3. Otherwise this user's own node first: the default pid file's record (``/run/ollana.pid.json``
+   as root, ``$XDG_RUNTIME_DIR/ollana.pid.json``, else in the default state dir), ``running.json``
+   in the default state dir; then the packaged service's: ``/run/ollana/ollana.pid.json`` (or
+   ``PIDFILE`` from /etc/default/ollana), ``running.json`` in ``OLLANA_HOME`` from
+   /etc/default/ollana or /etc/conf.d/ollana, and in /var/lib/ollana.
 """
 
 from __future__ import annotations
@@ -215,17 +215,16 @@ def candidates(
     """The record files to read, in order (see the module doc). Pure."""
     if pid_file is not None:
         return record_paths(Path("/"), pid_file)[1:]
-    run_dir = [default_pid_file, SERVICE_PID_FILE]
+    service_pids = [SERVICE_PID_FILE]
     if settings.get("PIDFILE"):
-        run_dir.append(Path(settings["PIDFILE"]))
-    by_pid = [p.with_name(p.name + ".json") for p in run_dir]
+        service_pids.append(Path(settings["PIDFILE"]))
+    by_pid = [p.with_name(p.name + ".json") for p in (default_pid_file, *service_pids)]
     if state_dir is not None:
         return _unique([state_dir / RECORD_FILE, *by_pid])
-    homes = [default_state_dir]
-    if settings.get("OLLANA_HOME"):
-        homes.append(Path(settings["OLLANA_HOME"]))
-    homes.append(SERVICE_STATE_DIR)
-    return _unique([*by_pid, *(h / RECORD_FILE for h in homes)])
+    # This user's own node first (default pid file, default state dir), then the service's.
+    homes = [Path(settings["OLLANA_HOME"])] if settings.get("OLLANA_HOME") else []
+    return _unique([by_pid[0], default_state_dir / RECORD_FILE, *by_pid[1:],
+                    *(h / RECORD_FILE for h in [*homes, SERVICE_STATE_DIR])])
 
 
 def _unique(paths: Sequence[Path]) -> list[Path]:

@@ -61,9 +61,10 @@ def test_where_commands_look_in_order() -> None:
     assert record.candidates(pid_file=None, state_dir=Path("/s"), **kw) == [
         Path("/s") / RECORD_FILE, Path("/run/ollana.pid.json"), Path("/run/ollana/ollana.pid.json"),
         Path("/srv/run/o.pid.json")]
+    # This user's own node first, then the service's.
     assert record.candidates(pid_file=None, state_dir=None, **kw) == [
-        Path("/run/ollana.pid.json"), Path("/run/ollana/ollana.pid.json"), Path("/srv/run/o.pid.json"),
-        Path("/home/a/.local/share/ollana") / RECORD_FILE, Path("/srv/ollana") / RECORD_FILE,
+        Path("/run/ollana.pid.json"), Path("/home/a/.local/share/ollana") / RECORD_FILE,
+        Path("/run/ollana/ollana.pid.json"), Path("/srv/run/o.pid.json"), Path("/srv/ollana") / RECORD_FILE,
         Path("/var/lib/ollana") / RECORD_FILE]
     # No duplicates when the defaults are the service's.
     plain = record.candidates(pid_file=None, state_dir=None, default_pid_file=Path("/run/ollana/ollana.pid"),
