@@ -76,23 +76,26 @@ def ollana(*args: str, env: dict[str, str] | None = None, prefix: list[str] | No
 def serve(state: Path, *extra: str, prefix: list[str] | None = None) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("OLLANA_HOME", "XDG_RUNTIME_DIR")}
     env["OLLANA_LOG"] = "info"
-    return subprocess.Popen(
-        [*(prefix or []), sys.executable, "-m", "ollana", "serve", "--mode", "client", "--no-discovery",
-         "--listen", "127.0.0.1:0", "--state-dir", str(state), "--trust", "devices", "--log-format", "json",
-         *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-    )
+    # Standard error to a file, not a pipe nobody reads while the node runs (it could fill up).
+    with open(state.parent / f"{state.name}.stderr", "w") as err:
+        return subprocess.Popen(
+            [*(prefix or []), sys.executable, "-m", "ollana", "serve", "--mode", "client", "--no-discovery",
+             "--listen", "127.0.0.1:0", "--state-dir", str(state), "--trust", "devices", "--log-format", "json",
+             *extra],
+            stdout=subprocess.DEVNULL, stderr=err, text=True, env=env,
+        )
 
 
-def stopped(proc: subprocess.Popen[str]) -> str:
+def stopped(proc: subprocess.Popen[str], state: Path) -> str:
+    """Stop the node if it still runs; its standard error."""
     if proc.poll() is None:
         proc.terminate()
     try:
-        _, err = proc.communicate(timeout=20)
+        proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-        _, err = proc.communicate()
-    return err
+        proc.wait()
+    return (state.parent / f"{state.name}.stderr").read_text()
 
 
 @pytest.fixture
@@ -133,7 +136,7 @@ def test_root_allows_a_device_on_a_service_running_as_its_own_user(base: Path) -
                  prefix=as_user(NOBODY, NOBODY))
     try:
         wait_for("the node's runtime record", lambda: (run / "ollana.pid.json").exists() or node.poll() is not None)
-        assert node.poll() is None, stopped(node)
+        assert node.poll() is None, stopped(node, state)
         sock = run / "ollana.sock"
         st = sock.stat()
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (NOBODY, NOBODY, 0o660)
@@ -170,7 +173,7 @@ def test_root_allows_a_device_on_a_service_running_as_its_own_user(base: Path) -
                              capture_output=True, text=True, timeout=30, check=False)
         assert out.stdout.startswith("denied not allowed"), out
     finally:
-        err = stopped(node)
+        err = stopped(node, state)
     assert node.returncode == 0, err
     assert not (run / "ollana.pid.json").exists() and not (state / RECORD_FILE).exists()
     assert not (run / "ollana.sock").exists()
@@ -196,7 +199,7 @@ def test_status_stop_and_reset_identity_find_a_foreground_node(base: Path) -> No
     env = {"OLLANA_HOME": str(state)}
     try:
         wait_for("the node's runtime record", lambda: (state / RECORD_FILE).exists() or node.poll() is not None)
-        assert node.poll() is None, stopped(node)
+        assert node.poll() is None, stopped(node, state)
         before = identity.load(state).device_id
 
         st = ollana("status", env=env)
@@ -213,12 +216,16 @@ def test_status_stop_and_reset_identity_find_a_foreground_node(base: Path) -> No
         assert peers.returncode == 0, peers.stderr
         assert "no servers known yet" in peers.stdout
 
+        saved = ollana("peer", "add", "192.0.2.7", env=env)  # asked of the node (in its log below)
+        assert saved.returncode == 0 and "Saved 192.0.2.7:11435" in saved.stdout, saved.stderr
+
         down = ollana("stop", env=env)
         assert down.returncode == 0, down.stderr
         assert f"ollana stopped (pid {node.pid}" in down.stdout
         assert node.wait(timeout=5) == 0
     finally:
-        stopped(node)
+        err = stopped(node, state)
+    assert any(e.get("event") == "control_done" and e.get("op") == "peer.add" for e in events(err)), err
     assert not (state / RECORD_FILE).exists()
     after = ollana("status", env=env)
     assert after.returncode == 3, after.stdout
