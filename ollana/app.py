@@ -18,6 +18,8 @@ from ollana.roles.both import run_both
 from ollana.roles.client import ClientNode
 from ollana.roles.server import ServerNode
 from ollana.runtime import Node, Ready, Runtime, upstream_session
+from ollana.service.ctlsock import presence
+from ollana.service.record import NO_FILES, NodeFiles
 from ollana.state import load_node_id
 from ollana.trust.devices import DeviceTrust
 
@@ -79,10 +81,12 @@ async def run(
     ready: Callable[[Ready], None] = lambda _r: None,
     clock: Callable[[], float] = time.monotonic,
     reload: asyncio.Event | None = None,
+    files: NodeFiles = NO_FILES,
 ) -> None:
     """Run one node until ``shutdown`` is set; setting ``reload`` (SIGHUP) re-reads the allow list
-    at once instead of at the next poll. Raises StartupError if it cannot start, ConfigError
-    if its state (identity, trust store) is unusable."""
+    at once instead of at the next poll. ``files``: its pid and log file, named in its runtime
+    record. Raises StartupError if it cannot start, ConfigError if its state (identity, trust
+    store) is unusable."""
     hostname = Node.local_hostname()
     node_id = load_node_id(config.state_dir)
     devices = DeviceTrust.load(config.state_dir, hostname) if config.trust is Trust.DEVICES else None
@@ -95,6 +99,9 @@ async def run(
         )
     async with AsyncExitStack() as stack:
         session = await stack.enter_async_context(upstream_session(config.timings.connect_timeout))
+        # service/: the control socket for `ollana device/peer`, and the runtime record (written
+        # once the node serves, removed on exit) by which CLI commands find this node.
+        ready = await stack.enter_async_context(presence(config, files, ready))
         role = await detect_role(config, session)
         node = Node(
             node_id=node_id,

@@ -4,6 +4,10 @@ Every file ollana keeps (its key, devices.json, peers, its node ID, a pid file's
 written whole to a temporary file created with its final mode, flushed to disk, renamed over the
 old one, and the directory synced: a crash leaves the old file or the new one, never a mix, and
 a key is never readable by others, not even for a moment.
+
+A file (or lock file) made in a directory that belongs to someone else, by root, is given to the
+directory's owner: `sudo ollana device allow` on a service's state dir when no node runs must not
+leave a root-owned file the service can no longer read.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> os.stat_result:
         tmp.unlink()  # left by a crash: O_EXCL below must create it anew, with our mode
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
+        _adopt(fd, path.parent)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
@@ -32,6 +37,35 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> os.stat_result:
         raise
     _sync_dir(path.parent)
     return st
+
+
+def open_lock(path: Path) -> int:
+    """Open (creating it 0600, owned like its directory) a lock file for ``flock``. Raises OSError."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        _adopt(fd, path.parent)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def inherited_owner(euid: int, file_owner: tuple[int, int], dir_owner: tuple[int, int]) -> tuple[int, int] | None:
+    """The (uid, gid) a file this process just made in a directory must be given, or None.
+
+    Only root makes files owned by another user; it gives a file in a directory of another user
+    to that directory's owner and group (the service's state dir stays the service's). Pure.
+    """
+    if euid != 0 or dir_owner[0] == 0 or file_owner == dir_owner:
+        return None
+    return dir_owner
+
+
+def _adopt(fd: int, directory: Path) -> None:
+    st, own = os.stat(directory), os.fstat(fd)
+    owner = inherited_owner(os.geteuid(), (own.st_uid, own.st_gid), (st.st_uid, st.st_gid))
+    if owner is not None:
+        os.fchown(fd, *owner)
 
 
 def _sync_dir(directory: Path) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -14,12 +13,12 @@ from typing import Any, TypeVar
 import click
 
 from ollana import log as logconf
+from ollana.cli import nodeops
 from ollana.config import LogFormat, default_state_dir
 from ollana.errors import OllanaError
 from ollana.trust import identity
-from ollana.trust.document import AllowedDevice, PendingDevice, iso_time, sanitize_label
+from ollana.trust.document import iso_time, sanitize_label
 from ollana.trust.identity import grouped, short
-from ollana.trust.store import TrustStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -79,23 +78,15 @@ def device() -> None:
 @_json_option
 def show(state_dir: Path | None, as_json: bool) -> None:
     """This device's ID (created on first use)."""
-    with _reported():
-        me = identity.load_or_create(_state_dir(state_dir))
+    me = nodeops.perform("device.show", {}, state_dir)
     if as_json:
-        _print_json(
-            {
-                "device_id": me.device_id,
-                "grouped": me.grouped,
-                "short": me.short,
-                "cert": str(me.cert_path),
-            }
-        )
+        _print_json(me)
         return
-    click.echo(f"Device ID: {me.grouped}")
-    click.echo(f"Short ID:  {me.short}")
+    click.echo(f"Device ID: {me['grouped']}")
+    click.echo(f"Short ID:  {me['short']}")
     click.echo(
         f"To pair, on the other machine run `ollana device pending`, then "
-        f"`ollana device allow {me.short}`."
+        f"`ollana device allow {me['short']}`."
     )
 
 
@@ -103,9 +94,9 @@ def show(state_dir: Path | None, as_json: bool) -> None:
 @_state_dir_option
 @_json_option
 def list_(state_dir: Path | None, as_json: bool) -> None:
-    """Allowed devices: name, ID, enabled, last seen."""
-    with _reported():
-        devices = TrustStore.load(_state_dir(state_dir)).allowed()
+    """Allowed devices: name, ID, enabled, last seen (last request from it, or last answer from
+    it for a server this client uses)."""
+    devices = nodeops.perform("device.list", {}, state_dir)
     if as_json:
         _print_json([_allowed_json(d) for d in devices])
         return
@@ -118,10 +109,10 @@ def list_(state_dir: Path | None, as_json: bool) -> None:
         ["NAME", "ID", "ENABLED", "LAST SEEN"],
         [
             [
-                sanitize_label(d.name),
-                grouped(d.device_id),
-                "yes" if d.enabled else "no",
-                _when(d.last_seen),
+                sanitize_label(d["name"]),
+                grouped(d["device_id"]),
+                "yes" if d["enabled"] else "no",
+                _when(d["last_seen"]),
             ]
             for d in devices
         ],
@@ -133,8 +124,7 @@ def list_(state_dir: Path | None, as_json: bool) -> None:
 @_json_option
 def pending(state_dir: Path | None, as_json: bool) -> None:
     """Devices not allowed yet: clients that tried to connect, servers discovered."""
-    with _reported():
-        devices = TrustStore.load(_state_dir(state_dir)).pending()
+    devices = nodeops.perform("device.pending", {}, state_dir)
     if as_json:
         _print_json([_pending_json(d) for d in devices])
         return
@@ -148,19 +138,19 @@ def pending(state_dir: Path | None, as_json: bool) -> None:
         ["HOST", "ADDRESS", "KIND", "FIRST SEEN", "LAST SEEN", "ID"],
         [
             [
-                sanitize_label(d.hostname),
-                sanitize_label(d.address),
-                d.kind.value,
-                _when(d.first_seen),
-                _when(d.last_seen),
-                grouped(d.device_id),
+                sanitize_label(d["hostname"]),
+                sanitize_label(d["address"]),
+                str(d["kind"]),
+                _when(d["first_seen"]),
+                _when(d["last_seen"]),
+                grouped(d["device_id"]),
             ]
             for d in devices
         ],
     )
     click.echo(
         f"\nAllow one with `ollana device allow ID` (e.g. `ollana device allow "
-        f"{short(devices[0].device_id)}`)."
+        f"{short(devices[0]['device_id'])}`)."
     )
 
 
@@ -170,18 +160,14 @@ def pending(state_dir: Path | None, as_json: bool) -> None:
 @_state_dir_option
 def allow(device_id: str, name: str | None, state_dir: Path | None) -> None:
     """Allow a pending device (or re-enable a disabled one). ID may be a prefix of >= 7."""
-    directory = _state_dir(state_dir)
-    with _reported():
-        entry = TrustStore.load(directory).allow(device_id, name, now=time.time())
-    click.echo(f"Allowed {sanitize_label(entry.name)} ({grouped(entry.device_id)}).")
-    try:
-        me = identity.load(directory)
-    except OllanaError:
-        return
-    click.echo(
-        f"Pairing needs both sides: on {sanitize_label(entry.name)} run "
-        f"`ollana device allow {me.short}` if not done yet."
-    )
+    done = nodeops.perform("device.allow", {"id": device_id, "name": name}, state_dir)
+    entry = done["device"]
+    click.echo(f"Allowed {sanitize_label(entry['name'])} ({grouped(entry['device_id'])}).")
+    if done.get("own_short"):
+        click.echo(
+            f"Pairing needs both sides: on {sanitize_label(entry['name'])} run "
+            f"`ollana device allow {done['own_short']}` if not done yet."
+        )
 
 
 @device.command()
@@ -189,11 +175,10 @@ def allow(device_id: str, name: str | None, state_dir: Path | None) -> None:
 @_state_dir_option
 def disable(device_id: str, state_dir: Path | None) -> None:
     """Disable an allowed device; a running serve cuts it off within 2 s."""
-    with _reported():
-        entry = TrustStore.load(_state_dir(state_dir)).disable(device_id)
+    entry = nodeops.perform("device.disable", {"id": device_id}, state_dir)["device"]
     click.echo(
-        f"Disabled {sanitize_label(entry.name)} ({grouped(entry.device_id)}). "
-        f"`ollana device allow {short(entry.device_id)}` enables it again."
+        f"Disabled {sanitize_label(entry['name'])} ({grouped(entry['device_id'])}). "
+        f"`ollana device allow {short(entry['device_id'])}` enables it again."
     )
 
 
@@ -201,12 +186,14 @@ def disable(device_id: str, state_dir: Path | None) -> None:
 @click.option("--yes", is_flag=True, help="Really replace this device's key and ID.")
 @_state_dir_option
 def reset_identity(yes: bool, state_dir: Path | None) -> None:
-    """Make a new key and ID for this device (pairings with it must be redone)."""
+    """Make a new key and ID for this device (pairings with it must be redone). Refused while
+    an ollana runs on this state dir: stop it first."""
     if not yes:
         raise DeviceCommandError(
             "this replaces the device's key and ID: every device paired with it must allow it "
             "again; rerun with --yes to go ahead"
         )
+    nodeops.refuse_if_running(state_dir, "replacing its identity")
     with _reported():
         old, me = identity.reset(_state_dir(state_dir))
     if old:
@@ -214,7 +201,7 @@ def reset_identity(yes: bool, state_dir: Path | None) -> None:
     click.echo(f"New device ID: {me.grouped}")
     click.echo(
         "Devices paired with this one must allow it again (`ollana device pending`, then "
-        f"`ollana device allow {me.short}` on each); restart a running `ollana serve`."
+        f"`ollana device allow {me.short}` on each); then start `ollana serve` again."
     )
 
 
@@ -227,25 +214,12 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _allowed_json(d: AllowedDevice) -> dict[str, Any]:
-    return {
-        "device_id": d.device_id,
-        "name": d.name,
-        "enabled": d.enabled,
-        "added_at": iso_time(d.added_at),
-        "last_seen": iso_time(d.last_seen),
-    }
+def _allowed_json(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {**d, "added_at": iso_time(d["added_at"]), "last_seen": iso_time(d["last_seen"])}
 
 
-def _pending_json(d: PendingDevice) -> dict[str, Any]:
-    return {
-        "device_id": d.device_id,
-        "hostname": d.hostname,
-        "address": d.address,
-        "kind": d.kind.value,
-        "first_seen": iso_time(d.first_seen),
-        "last_seen": iso_time(d.last_seen),
-    }
+def _pending_json(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {**d, "first_seen": iso_time(d["first_seen"]), "last_seen": iso_time(d["last_seen"])}
 
 
 def _print_json(doc: Any) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
+from ollana.cli import nodeops
 from ollana.config import (
     DISCOVERY_DEFAULT_GROUP,
     DISCOVERY_DEFAULT_GROUP6,
@@ -17,6 +19,7 @@ from ollana.config import (
     PROXY_DEFAULT_PORT,
     Endpoint,
     default_state_dir,
+    parse_endpoint,
     parse_ollama_host,
 )
 from ollana.doctor.analyze import Finding, Severity, analyze, healthy
@@ -57,10 +60,15 @@ def doctor(as_json: bool, listen_seconds: float, probe: bool, ollama: str | None
         url = parse_ollama_host(ollama or env_host)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="'--ollama' / OLLAMA_HOST") from None
+    # The running node (its runtime record) says where its state and listeners are.
+    node = nodeops.locate(state_dir)
+    client, server = _listeners(node.role, node.listen) if node is not None else (None, None)
     opts = Options(
-        state_dir=state_dir or default_state_dir(os.environ, is_root=os.geteuid() == 0),
+        state_dir=state_dir or (Path(node.state_dir) if node is not None
+                                else default_state_dir(os.environ, is_root=os.geteuid() == 0)),
         ollama_url=url, ollama_host=env_host if not ollama else None,
-        client=Endpoint("127.0.0.1", OLLAMA_DEFAULT_PORT), server=Endpoint("127.0.0.1", PROXY_DEFAULT_PORT),
+        client=client or Endpoint("127.0.0.1", OLLAMA_DEFAULT_PORT),
+        server=server or Endpoint("127.0.0.1", PROXY_DEFAULT_PORT),
         listen_seconds=listen_seconds, probe=probe, discovery_port=discovery_port, group=multicast_group,
         group6=multicast_group6,
     )
@@ -74,6 +82,22 @@ def doctor(as_json: bool, listen_seconds: float, probe: bool, ollama: str | None
     else:
         click.echo(render(facts, findings))
     sys.exit(0 if healthy(findings) else 1)
+
+
+def _listeners(role: str, listen: Sequence[str]) -> tuple[Endpoint | None, Endpoint | None]:
+    """(client listener, server listener) of a running node, from its record's addresses. Pure."""
+    try:
+        found = [parse_endpoint(a) for a in listen]
+    except ConfigError:
+        return None, None
+    found = [Endpoint({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(e.host, e.host), e.port) for e in found]
+    if role == "client" and found:
+        return found[0], None
+    if role == "server" and found:
+        return None, found[0]
+    if role == "both" and len(found) >= 2:
+        return found[0], found[1]
+    return None, None
 
 
 def render(facts: Facts, findings: list[Finding]) -> str:

@@ -16,6 +16,7 @@ import structlog
 
 from ollana import __version__
 from ollana import log as logconf
+from ollana.cli import nodeops
 from ollana.cli.config import CONFIG_OPTION, config_group, resolve
 from ollana.cli.device import device
 from ollana.cli.doctor import doctor
@@ -39,6 +40,7 @@ from ollana.config import (
 from ollana.configfile import GRACE_RANGE, HEARTBEAT_RANGE, PARALLEL_RANGE, PORT_RANGE, as_options
 from ollana.errors import ConfigError, StartupError, print_error
 from ollana.service import control, daemon, pidfile
+from ollana.service.record import NO_FILES, NodeFiles
 
 if TYPE_CHECKING:  # runtime imports aiohttp: keep `ollana status` and `stop` quick to start
     from ollana.runtime import Ready
@@ -162,9 +164,12 @@ def serve(ctx: click.Context, /, **opts: Any) -> None:
     except OSError as exc:
         _fail(f"cannot open the log file {log_file}: {exc.strerror or exc}", 1)
     reload = daemon.Reloader(handler, levels, spec).reload
+    pid_file: Path | None = opts.get("pid_file")
+    files = NodeFiles(Path(os.path.abspath(pid_file)) if pid_file else None,
+                      Path(os.path.abspath(log_file)) if log_file else None)
     try:
-        with pidfile.hold(opts.get("pid_file"), grace=config.timings.grace, log_file=log_file) as on_ready:
-            run_foreground(config, on_ready, on_hangup=reload)
+        with pidfile.hold(pid_file):
+            run_foreground(config, on_hangup=reload, files=files)
     except StartupError as exc:  # the pid file is held by another ollana, or cannot be written
         _fail(str(exc), 1)
 
@@ -210,7 +215,8 @@ def _log_spec(env: Mapping[str, str]) -> logconf.LogSpec:
 
 
 def run_node(
-    config: Config, on_ready: Callable[[Ready], None], on_hangup: Callable[[], None] = lambda: None
+    config: Config, on_ready: Callable[[Ready], None], on_hangup: Callable[[], None] = lambda: None,
+    files: NodeFiles = NO_FILES,
 ) -> None:
     """Run the node until SIGTERM/SIGINT (graceful); SIGHUP calls ``on_hangup`` (reopen logs,
     reload levels) and makes the node re-read its allow list at once. Raises ConfigError or
@@ -228,7 +234,7 @@ def run_node(
             reload.set()
 
         loop.add_signal_handler(signal.SIGHUP, hangup)
-        await app.run(config, shutdown, on_ready, reload=reload)
+        await app.run(config, shutdown, on_ready, reload=reload, files=files)
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(main())
@@ -247,10 +253,11 @@ def run_foreground(
     config: Config,
     on_ready: Callable[[Ready], None] = lambda _r: None,
     on_hangup: Callable[[], None] = lambda: None,
+    files: NodeFiles = NO_FILES,
 ) -> None:
     """Run until SIGTERM/SIGINT. Exits 1 on a startup error, 2 on a configuration error."""
     try:
-        run_node(config, on_ready, on_hangup)
+        run_node(config, on_ready, on_hangup, files)
     except ConfigError as exc:
         _fail(str(exc), 2)
     except StartupError as exc:
@@ -282,10 +289,14 @@ def _pid_file(pid_file: Path | None, state_dir: Path | None) -> Path:
 @click.option("--timeout", type=click.FloatRange(0, 3600), metavar="SECONDS",
               help="How long to wait for it to exit [default: its grace period + 5 s].")
 def stop(pid_file: Path | None, state_dir: Path | None, timeout: float | None) -> None:
-    """Stop the ollana that `serve -d` started: SIGTERM, then wait for the graceful exit.
+    """Stop the running ollana (found as `status` finds it): SIGTERM, then wait for the graceful exit.
 
     Exit 0 when it stopped (or was not running), 1 when it is still running after the wait.
     """
+    node = nodeops.locate(state_dir) if pid_file is None else None
+    if node is not None:  # found by its runtime record (ollana/service/record.py: where it looks)
+        sys.exit(control.stop(Path(node.pid_file), timeout=timeout) if node.pid_file
+                 else control.stop_record(node, timeout=timeout))
     sys.exit(control.stop(_pid_file(pid_file, state_dir), timeout=timeout))
 
 
@@ -295,8 +306,14 @@ def stop(pid_file: Path | None, state_dir: Path | None, timeout: float | None) -
 def status(pid_file: Path | None, state_dir: Path | None) -> None:
     """Whether ollana runs, with its pid, role, uptime and peers.
 
+    Without --pid-file it finds the running node, daemon or foreground, by its runtime record
+    (the default pid file's run dir, /run/ollana, the state dir; see docs/operations.md).
+
     LSB exit codes: 0 running, 1 not running but the pid file remains, 3 not running, 4 unknown.
     """
+    node = nodeops.locate(state_dir) if pid_file is None else None
+    if node is not None:  # found by its runtime record, foreground nodes included
+        sys.exit(control.status(Path(node.pid_file)) if node.pid_file else control.status_of(node))
     sys.exit(control.status(_pid_file(pid_file, state_dir)))
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +11,8 @@ from typing import Any
 
 import click
 
-from ollana.config import OLLAMA_DEFAULT_PORT, Endpoint, default_state_dir
+from ollana.cli import nodeops
+from ollana.config import OLLAMA_DEFAULT_PORT, Endpoint
 from ollana.discovery import saved
 from ollana.discovery.saved import SavedPeer, SavedPeersError
 from ollana.service.control import fetch_status
@@ -30,10 +29,6 @@ _STATE_DIR = click.option(
     "--state-dir", type=click.Path(file_okay=False, path_type=Path), envvar="OLLANA_HOME",
     help="Where ollana keeps its state [env: OLLANA_HOME].",
 )
-
-
-def _state_dir(value: Path | None) -> Path:
-    return value or default_state_dir(os.environ, is_root=os.geteuid() == 0)
 
 
 def _address(_ctx: click.Context, _param: click.Parameter, value: str) -> Endpoint:
@@ -57,10 +52,7 @@ def peer() -> None:
 @_STATE_DIR
 def add(address: Endpoint, state_dir: Path | None) -> None:
     """Save a server (port 11435 unless given)."""
-    try:
-        added = saved.add(_state_dir(state_dir), address, time.time())
-    except SavedPeersError as exc:
-        raise PeerCommandError(str(exc)) from None
+    added = nodeops.perform("peer.add", {"host": address.host, "port": address.port}, state_dir)["added"]
     if added:
         click.echo(f"Saved {address}; a running ollana uses it within 2 s.")
     else:
@@ -72,25 +64,21 @@ def add(address: Endpoint, state_dir: Path | None) -> None:
 @_STATE_DIR
 def remove(address: Endpoint, state_dir: Path | None) -> None:
     """Forget a saved server (a running ollana stops using it within 2 s)."""
-    try:
-        saved.remove(_state_dir(state_dir), address)
-    except SavedPeersError as exc:
-        raise PeerCommandError(str(exc)) from None
+    nodeops.perform("peer.remove", {"host": address.host, "port": address.port}, state_dir)
     click.echo(f"Removed {address}.")
 
 
 @peer.command("list")
 @_STATE_DIR
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--node", default=f"127.0.0.1:{OLLAMA_DEFAULT_PORT}", show_default=True, metavar="HOST:PORT",
-              help="The local client to ask how each saved server is doing.")
-def list_(state_dir: Path | None, as_json: bool, node: str) -> None:
+@click.option("--node", metavar="HOST:PORT",
+              help="The local client to ask how each saved server is doing [default: the running node's "
+                   f"listener, else 127.0.0.1:{OLLAMA_DEFAULT_PORT}].")
+def list_(state_dir: Path | None, as_json: bool, node: str | None) -> None:
     """The saved servers, and how the running client sees each (when one runs)."""
-    try:
-        peers = saved.load(_state_dir(state_dir))
-    except SavedPeersError as exc:
-        raise PeerCommandError(str(exc)) from None
-    seen = _seen_by_node(node)
+    peers = [SavedPeer(Endpoint(p["host"], p["port"]), p["added_at"])
+             for p in nodeops.perform("peer.list", {}, state_dir)]
+    seen = _seen_by_node(node or nodeops.client_listener(state_dir))
     if as_json:
         click.echo(json.dumps([_json(p, seen) for p in peers], indent=2))
         return

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from ollana.cli import nodeops
 from ollana.config import OLLAMA_DEFAULT_PORT, Endpoint, parse_endpoint
 from ollana.errors import ConfigError, print_error
 from ollana.service.control import fetch_status
@@ -17,7 +18,9 @@ from ollana.service.control import fetch_status
 _COLUMNS = ("SERVER", "ADDRESS", "FOUND BY", "TRUST", "HEALTH", "RTT", "BUSY", "MODELS", "LOADED")
 
 
-def _endpoint(_ctx: click.Context, _param: click.Parameter, value: str) -> Endpoint:
+def _endpoint(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Endpoint:
+    if value is None:  # the running node's client listener (its runtime record), else 127.0.0.1:11434
+        value = nodeops.client_listener()
     try:
         return parse_endpoint(value, default_host="127.0.0.1", default_port=OLLAMA_DEFAULT_PORT)
     except ConfigError as exc:
@@ -25,8 +28,9 @@ def _endpoint(_ctx: click.Context, _param: click.Parameter, value: str) -> Endpo
 
 
 @click.command()
-@click.option("--node", default=f"127.0.0.1:{OLLAMA_DEFAULT_PORT}", show_default=True, callback=_endpoint,
-              metavar="HOST:PORT", help="The local client (or role both) node to ask.")
+@click.option("--node", callback=_endpoint, metavar="HOST:PORT",
+              help="The local client (or role both) node to ask [default: the running node's listener, "
+                   f"found by its runtime record, else 127.0.0.1:{OLLAMA_DEFAULT_PORT}].")
 @click.option("--json", "as_json", is_flag=True, help="Print the node's peer list as JSON.")
 def peers(node: Endpoint, as_json: bool) -> None:
     """The servers this machine's ollana knows: address, trust, health, RTT, requests in flight

@@ -24,7 +24,7 @@ import structlog
 
 from ollana.config import PROXY_DEFAULT_PORT, Endpoint, parse_endpoint
 from ollana.errors import ConfigError
-from ollana.files import private_dir, write_atomic
+from ollana.files import open_lock, private_dir, write_atomic
 from ollana.trust.document import iso_time
 
 log = structlog.get_logger(__name__)
@@ -215,7 +215,7 @@ def remove(state_dir: Path, endpoint: Endpoint) -> None:
 def _locked(state_dir: Path) -> Iterator[None]:
     try:
         private_dir(state_dir)
-        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_lock(state_dir / LOCK_FILE)
     except OSError as exc:
         raise SavedPeersError(f"cannot use the state directory {state_dir}: {exc.strerror}") from exc
     try:

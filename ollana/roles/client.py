@@ -333,6 +333,9 @@ class ClientNode:
             elif vetting is None and peer.source in BY_ADDRESS:
                 await self._tell_if_tls(peer)
             return
+        if tls is not None and peer.device_id is not None and self._rt.devices is not None:
+            # LAST SEEN of `ollana device list` on a client: when this paired server last answered.
+            self._rt.devices.store.touch_last_seen(peer.device_id, self._rt.devices.wall())
         if isinstance(body, dict):
             peer.hostname = peer.hostname or str(body.get("hostname", ""))
             peer.node_id = peer.node_id or str(body.get("node_id", ""))

@@ -19,6 +19,7 @@ from typing import Any, Final
 from ollana.config import Endpoint
 from ollana.errors import print_error
 from ollana.service.pidfile import Liveness, is_held, parse_pid, read_fd, read_pid_file, read_state
+from ollana.service.record import RuntimeRecord, live
 from ollana.trust.tls import client_tls
 
 # ``stop`` waits the daemon's grace period plus this margin for it to exit.
@@ -159,6 +160,50 @@ def status(pid_file: Path, *, fetch: Fetch | None = None) -> int:
     print(f"  pid file: {pid_file}")
     if state.get("log_file"):
         print(f"  log file: {state['log_file']}")
+    _print_places(state)
+    return EXIT_OK
+
+
+def _print_places(state: Mapping[str, Any]) -> None:
+    if state.get("state_dir"):
+        print(f"  state:    {state['state_dir']}")
+    if state.get("control_socket"):
+        print(f"  control:  {state['control_socket']}")
+
+
+def status_of(rec: RuntimeRecord, *, fetch: Fetch | None = None) -> int:
+    """``ollana status`` of a node without a pid file (started in the foreground), found by its
+    runtime record."""
+    print(f"ollana is running: pid {rec.pid}, in the foreground (`ollana serve`, no pid file)")
+    state = rec.document()
+    listen = Endpoint(rec.listen_host, rec.listen_port)
+    for line in describe_node(state, listen, fetch or _fetch_for(state)):
+        print("  " + line)
+    print(f"  log:      {rec.log_file or 'standard error of the terminal that started it'}")
+    _print_places(state)
+    print(f"  record:   {rec.path}")
+    return EXIT_OK
+
+
+def stop_record(rec: RuntimeRecord, *, timeout: float | None = None, poll: float = 0.05,
+                alive: Callable[[RuntimeRecord], bool] = live) -> int:
+    """``ollana stop`` of a node without a pid file: SIGTERM the pid its live record names (the
+    record's process start time rules out a reused pid), then wait for it to exit."""
+    limit = timeout if timeout is not None else rec.grace_s + STOP_MARGIN
+    try:
+        os.kill(rec.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        print_error(f"not allowed to stop ollana (pid {rec.pid}): it runs as another user; try with sudo")
+        return EXIT_UNKNOWN
+    started = time.monotonic()
+    while alive(rec):
+        if time.monotonic() - started >= limit:
+            print_error(f"ollana (pid {rec.pid}) is still running {limit:g} s after SIGTERM; it did not stop")
+            return EXIT_FAILED
+        time.sleep(poll)
+    print(f"ollana stopped (pid {rec.pid}, {time.monotonic() - started:.1f} s)")
     return EXIT_OK
 
 

@@ -33,6 +33,7 @@ from ollana import log as logconf
 from ollana.config import Config, LogFormat
 from ollana.errors import ConfigError, StartupError, print_error
 from ollana.service.pidfile import PidFile
+from ollana.service.record import NodeFiles
 
 if TYPE_CHECKING:
     from ollana.runtime import Ready
@@ -153,9 +154,9 @@ def reopen(handler: logging.handlers.WatchedFileHandler) -> None:
 
 # -- daemonising ---------------------------------------------------------------------------------
 
-# run_node(config, on_ready, on_hangup): runs the node until SIGTERM/SIGINT; raises ConfigError or
+# run_node(config, on_ready, on_hangup, files): runs the node until SIGTERM/SIGINT; raises ConfigError or
 # StartupError when it cannot start. cli.py owns it (the event loop and its signal handlers).
-RunNode: TypeAlias = "Callable[[Config, Callable[[Ready], None], Callable[[], None]], None]"
+RunNode: TypeAlias = "Callable[[Config, Callable[[Ready], None], Callable[[], None], NodeFiles], None]"
 
 
 class _Reporter:
@@ -292,13 +293,9 @@ def _daemon_main(report_fd: int, config: Config, paths: Paths, levels: LogLevels
         if pid_file.replaced_pid is not None:
             log.warning("stale_pid_file_replaced", path=str(paths.pid_file), stale_pid=pid_file.replaced_pid)
             reporter.notice(f"replaced the stale pid file {paths.pid_file} (pid {pid_file.replaced_pid} no longer runs)")
-        held = pid_file
-
-        def on_ready(ready: Ready) -> None:
-            held.write_state(ready, grace=config.timings.grace, log_file=paths.log_file)
-            reporter.ready(ready)
-
-        run_node(config, on_ready, Reloader(handler, levels, spec).reload)
+        # The node writes its runtime record next to the pid file itself (service/record.py).
+        run_node(config, reporter.ready, Reloader(handler, levels, spec).reload,
+                 NodeFiles(paths.pid_file, paths.log_file))
         log.info("daemon_exiting", pid=os.getpid())
         return EXIT_OK
     except ConfigError as exc:

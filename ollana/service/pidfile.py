@@ -18,7 +18,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -215,15 +215,16 @@ def read_state(pid_file: Path) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def hold(path: Path | None, *, grace: float, log_file: Path | None) -> Iterator[Callable[[Ready], None]]:
-    """For the foreground: hold ``path`` (if any) while the node runs; yields its ``ready`` hook."""
+def hold(path: Path | None) -> Iterator[None]:
+    """For the foreground: hold ``path`` (if any) while the node runs (its runtime record, written
+    by the node itself, goes next to it: ``ollana.service.record``)."""
     if path is None:
-        yield lambda _r: None
+        yield
         return
     pid_file = PidFile.acquire(Path(os.path.abspath(path)))
     if pid_file.replaced_pid is not None:
         log.warning("stale_pid_file_replaced", path=str(path), stale_pid=pid_file.replaced_pid)
     try:
-        yield lambda ready: pid_file.write_state(ready, grace=grace, log_file=log_file)
+        yield
     finally:
         pid_file.remove()

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ollana.errors import ConfigError
-from ollana.files import private_dir, write_atomic
+from ollana.files import open_lock, private_dir, write_atomic
 
 log = structlog.get_logger(__name__)
 
@@ -333,7 +333,7 @@ def _tighten_key_mode(key_path: Path) -> None:
 def _creation_lock(state_dir: Path) -> Iterator[None]:
     try:
         private_dir(state_dir)
-        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_lock(state_dir / LOCK_FILE)
     except OSError as exc:
         raise IdentityError(
             f"cannot create the identity in {state_dir}: {exc.strerror}; "

@@ -23,7 +23,7 @@ from typing import Any, Final, TypeVar
 import structlog
 
 from ollana.errors import ConfigError
-from ollana.files import private_dir, write_atomic
+from ollana.files import open_lock, private_dir, write_atomic
 from ollana.trust.document import (
     Allowed,
     AllowedDevice,
@@ -262,7 +262,7 @@ class TrustStore:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         try:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = open_lock(self._lock_path)
         except OSError as exc:
             raise TrustStoreError(f"cannot open {self._lock_path}: {exc.strerror}") from exc
         try:
