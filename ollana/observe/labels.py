@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from ollana.fleet.names import DEFAULT_HOST, DEFAULT_NAMESPACE
+
 OTHER: Final = "other"
 NONE: Final = "none"
 
@@ -71,7 +73,16 @@ class Bounded:
 
 
 def model_label(model: str, listed: Callable[[str], bool], bound: Bounded) -> str:
-    """A model as a label: its name only when a catalogue lists it (and the bound allows it)."""
+    """A model (its key) as a label: its name only when a catalogue lists it (and the bound
+    allows it), as people write it."""
     if not model:
         return NONE
-    return bound(model) if listed(model) else OTHER
+    return bound(display_name(model)) if listed(model) else OTHER
+
+
+def display_name(key: str) -> str:
+    """A model key as Ollama shows it: ``llama3.2:1b``, ``someone/model:tag``, ``host/ns/model:tag``."""
+    for prefix in (f"{DEFAULT_HOST}/{DEFAULT_NAMESPACE}/", f"{DEFAULT_HOST}/"):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from ollana.fleet.catalog import SERVER_HEADER
 from ollana.observe.collect import StatusCollector
-from ollana.observe.labels import Bounded, model_label, route_name, status_label
+from ollana.observe.labels import Bounded, display_name, model_label, route_name, status_label
 from ollana.observe.recent import Recent, RecentRequests, clipped
 from ollana.observe.upstream import connection_trace
 
@@ -158,6 +158,6 @@ class RequestObserver:
         m.duration.labels(role, route, model).observe(elapsed)
         if not path.startswith(OWN_PREFIX):  # the page's own polling would crowd out the rest
             self._recent.add(Recent(
-                at=round(m.wall(), 3), method=clipped(method), path=clipped(path), model=clipped(trip.model),
+                at=round(m.wall(), 3), method=clipped(method), path=clipped(path), model=clipped(display_name(trip.model)),
                 server=clipped(trip.server), status=status, ms=round(elapsed * 1000, 1),
             ))

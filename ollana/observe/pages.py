@@ -29,6 +29,7 @@ _ASSETS: Final = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
 }
 CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
@@ -46,9 +47,7 @@ def _read_assets() -> dict[str, bytes]:
 
 
 def _asset(name: str, body: bytes) -> Page:
-    headers = {**_COMMON, "Content-Type": _ASSETS[name], "Cache-Control": "no-cache"}
-    if name.endswith(".html"):
-        headers["Content-Security-Policy"] = CSP
+    headers = {**_COMMON, "Content-Type": _ASSETS[name], "Cache-Control": "no-cache", "Content-Security-Policy": CSP}
     return lambda: web.Response(body=body, headers=headers)
 
 
