@@ -35,7 +35,7 @@ def client_servers(status: dict[str, Any]) -> list[dict[str, Any]]:
             address=str(p.get("endpoint", "")), trust=trust_state(p), healthy=bool(p.get("healthy")),
             rtt_ms=p.get("rtt_ms"), inflight=p.get("inflight"), slots=p.get("slots"),
             models=p.get("models"), loaded=p.get("loaded"), source=str(p.get("source", "")),
-            current=p.get("id") == status.get("current_peer"),
+            current=p.get("id") == status.get("current_peer"), device_id=p.get("device_id"),
         )
         for p in status.get("peers", [])[:MAX_ROWS]
     ]
@@ -43,7 +43,7 @@ def client_servers(status: dict[str, Any]) -> list[dict[str, Any]]:
 
 def server_entry(
     *, name: str, address: str, trust: str, healthy: bool, rtt_ms: float | None, inflight: Any,
-    slots: Any, models: Any, loaded: Any, source: str, current: bool = False,
+    slots: Any, models: Any, loaded: Any, source: str, current: bool = False, device_id: str | None = None,
 ) -> dict[str, Any]:
     """One server row: its models (None: catalogue not fetched yet) and which are loaded."""
     return {
@@ -52,7 +52,7 @@ def server_entry(
         "slots": slots if isinstance(slots, int) else None,
         "models": [str(m) for m in models] if isinstance(models, list) else None,
         "loaded": [str(m) for m in loaded] if isinstance(loaded, list) else [],
-        "source": source, "current": current,
+        "source": source, "current": current, "device_id": grouped(device_id) if device_id else None,
     }
 
 

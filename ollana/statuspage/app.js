@@ -50,7 +50,9 @@ function modelsCell(server) {
 function serverRow(s) {
   const name = el("td", s.name, "server-name");
   if (s.current) name.appendChild(el("span", " home", "tag"));
-  const health = el("td", s.healthy ? "healthy" : "failing", s.healthy ? "ok" : "bad");
+  const usable = s.trust !== "not paired";
+  const health = usable ? el("td", s.healthy ? "healthy" : "failing", s.healthy ? "ok" : "bad")
+                        : el("td", "not used", "muted");
   const trust = el("td", s.trust, s.trust === "not paired" ? "bad" : "");
   const rtt = el("td", s.rtt_ms === null || s.rtt_ms === undefined ? "–" : s.rtt_ms.toFixed(1) + " ms", "num");
   const load = s.slots ? (s.inflight || 0) + " / " + s.slots : (s.inflight === null ? "–" : String(s.inflight));

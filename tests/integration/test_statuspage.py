@@ -16,16 +16,23 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import aiohttp
 import ollama
 import pytest
 
+from ollana.config import Trust
 from ollana.runtime import Node
+from ollana.trust import identity
+from ollana.trust.document import PeerKind
+from ollana.trust.store import TrustStore
 from tests.fakeollama import FakeOllama
 from tests.integration.nodes import client_for, server_for
+from tests.integration.test_devices import until
 
 BROWSER_TIMEOUT = 90.0  # a cold Chromium on a busy 2-core machine; it usually takes 1-3 s
 
@@ -94,6 +101,52 @@ async def fleet(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
         yield cli
 
 
+@pytest.fixture
+async def paired_fleet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
+    """Trust mode devices: gpu-box paired with the client both ways, mac-studio not (pending
+    here). Yields the client's URL and mac-studio's short device ID."""
+    async with AsyncExitStack() as stack:
+        servers = []
+        for name, models, loaded in (
+            ("gpu-box", ["llama3.2:1b", "qwen2.5-coder:7b"], ["qwen2.5-coder:7b"]),
+            ("mac-studio", ["llama3.2:1b", "nomic-embed-text:latest"], []),
+        ):
+            fake = FakeOllama(models=models, loaded=loaded)
+            base = await stack.enter_async_context(fake.serve("127.0.0.1", 0))
+            monkeypatch.setattr(Node, "local_hostname", staticmethod(lambda name=name: name))
+            servers.append(await stack.enter_async_context(
+                server_for(base, trust=Trust.DEVICES, state_dir=tmp_path / name)))
+        monkeypatch.setattr(Node, "local_hostname", staticmethod(lambda: "laptop"))
+        cdir = tmp_path / "laptop"
+        cli = await stack.enter_async_context(client_for(*servers, trust=Trust.DEVICES, state_dir=cdir))
+        gpu, mac = identity.load(tmp_path / "gpu-box"), identity.load(tmp_path / "mac-studio")
+        me = identity.load(cdir)
+
+        def pending_here() -> set[str]:
+            return {d.device_id for d in TrustStore.load(cdir).pending() if d.kind is PeerKind.SERVER}
+
+        await until("both servers pending on the client", lambda: pending_here() == {gpu.device_id, mac.device_id})
+        await until("the client pending on gpu-box",
+                    lambda: me.device_id in {d.device_id for d in TrustStore.load(tmp_path / "gpu-box").pending()})
+        TrustStore.load(cdir).allow(gpu.short, now=time.time())
+        TrustStore.load(tmp_path / "gpu-box").allow(me.short, now=time.time())
+
+        async def paired_and_fetched() -> bool:
+            async with aiohttp.ClientSession() as session, session.get(cli + "/ollana/v1/status") as r:
+                peers = (await r.json())["peers"]
+            return any(p["paired"] and p["healthy"] and p.get("catalog") is not None for p in peers)
+
+        deadline = time.monotonic() + 10
+        while not await paired_and_fetched():  # once both sides polled their allow lists
+            assert time.monotonic() < deadline, "pairing did not take effect"
+            await asyncio.sleep(0.05)
+        app = ollama.AsyncClient(host=cli)
+        await app.generate(model="qwen2.5-coder:7b", prompt="a marker prompt never shown")
+        await app.list()
+        await app.chat(model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}])
+        yield cli, mac.short
+
+
 def text_of(dom: str, element_id: str) -> str:
     """The text inside the element with ``element_id`` (tags dropped, entities decoded)."""
     match = re.search(rf'<(\w+)[^>]*id="{element_id}"[^>]*>(.*?)</\1>', dom, re.DOTALL)
@@ -115,6 +168,24 @@ async def test_the_page_renders_servers_and_models(browser: str, fleet: str, tmp
     shot = tmp_path / "status-page.png"
     await run_browser(browser, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1200,800",
                       "--hide-scrollbars", fleet + "/ollana/")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_the_page_shows_pairing_and_the_command_that_allows_a_server(
+    browser: str, paired_fleet: tuple[str, str], tmp_path: Path
+) -> None:
+    cli, mac_short = paired_fleet
+    dom = await run_browser(browser, tmp_path / "profile", "--dump-dom", cli + "/ollana/")
+    servers = text_of(dom, "servers")
+    assert re.search(r"gpu-box\s.*\spaired\s.*healthy.*qwen2\.5-coder:7b", servers, re.DOTALL), servers
+    # (A --peer server that refuses this device does not tell its name: it shows by address.)
+    assert "not paired" in servers, servers
+    pending = text_of(dom, "pending")
+    assert "server" in pending and f"ollana device allow {mac_short}" in pending, pending
+
+    shot = tmp_path / "status-page.png"
+    await run_browser(browser, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1200,800",
+                      "--hide-scrollbars", cli + "/ollana/")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("OLLANA_STATUS_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["OLLANA_STATUS_SCREENSHOT"])
