@@ -13,7 +13,7 @@ import aiohttp
 import structlog
 
 from ollana.config import Config, Endpoint, Mode, Role, Trust
-from ollana.observe.metrics import Metrics
+from ollana.observe.upstream import connection_traces
 from ollana.proxy.headers import OWN_REQUEST, is_from_ollana
 from ollana.roles.both import run_both
 from ollana.roles.client import ClientNode
@@ -94,9 +94,9 @@ async def run(
             "the servers, read every prompt and answer, or pose as a server. Use it only on a network "
             "you trust; the default, --trust devices, pairs devices and encrypts traffic",
         )
-    metrics = Metrics()  # the node's own registry: several nodes may run in one process (tests)
     async with AsyncExitStack() as stack:
-        session = await stack.enter_async_context(upstream_session(config.timings.connect_timeout, metrics))
+        session = await stack.enter_async_context(
+            upstream_session(config.timings.connect_timeout, connection_traces()))
         role = await detect_role(config, session)
         node = Node(
             node_id=node_id,
@@ -105,7 +105,7 @@ async def run(
             started=clock(),
         )
         rt = Runtime(config=config, node=node, session=session, clock=clock, devices=devices,
-                     reload=reload or asyncio.Event(), metrics=metrics)
+                     reload=reload or asyncio.Event())
         if role is Role.BOTH:
             await run_both(rt, shutdown, ready)
             return

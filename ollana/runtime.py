@@ -82,9 +82,11 @@ def upstream_timeout(connect_timeout: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=None)
 
 
-def upstream_session(connect_timeout: float, metrics: Metrics | None = None) -> aiohttp.ClientSession:
+def upstream_session(
+    connect_timeout: float, traces: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
     """The one pooled client session of a node's lifetime (keep-alive connections are reused;
-    with ``metrics``, each request counts whether it got a new connection or a pooled one)."""
+    ``traces``: aiohttp request tracing, for debug logs)."""
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0, ttl_dns_cache=10)
     return aiohttp.ClientSession(
         connector=connector,
@@ -93,5 +95,5 @@ def upstream_session(connect_timeout: float, metrics: Metrics | None = None) -> 
         cookie_jar=aiohttp.DummyCookieJar(),
         timeout=upstream_timeout(connect_timeout),
         trust_env=False,
-        trace_configs=[metrics.upstream_trace()] if metrics is not None else None,
+        trace_configs=traces or None,
     )

@@ -1,29 +1,24 @@
-"""The last requests a listener answered, for the status page: a bounded ring of values.
+"""The last requests a listener answered, for the status page: a bounded ring.
 
 Only what the request line and the outcome say (time, method, path, model, server, status,
 duration): never a body, a query string or a header, so no prompt or answer can end up here.
+Entries are stored as they come (a tuple append on the request path) and shaped only when the
+page asks.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass
 from typing import Any, Final
+
+from ollana.observe.labels import display_name
 
 SIZE: Final = 100
 # Longer paths and names are cut: the page shows a line per request, not a document.
 MAX_TEXT: Final = 120
 
-
-@dataclass(frozen=True, slots=True)
-class Recent:
-    at: float  # wall clock, seconds since the epoch
-    method: str
-    path: str
-    model: str
-    server: str
-    status: int  # 0: aborted before an answer
-    ms: float
+# (wall clock s, method, path, model key, server, status (0: aborted), seconds)
+Entry = tuple[float, str, str, str, str, int, float]
 
 
 def clipped(text: str) -> str:
@@ -32,9 +27,9 @@ def clipped(text: str) -> str:
 
 class RecentRequests:
     def __init__(self, size: int = SIZE) -> None:
-        self._ring: deque[Recent] = deque(maxlen=size)
+        self._ring: deque[Entry] = deque(maxlen=size)
 
-    def add(self, entry: Recent) -> None:
+    def add(self, entry: Entry) -> None:
         self._ring.append(entry)
 
     def __len__(self) -> int:
@@ -42,4 +37,9 @@ class RecentRequests:
 
     def document(self) -> list[dict[str, Any]]:
         """Newest first."""
-        return [asdict(entry) for entry in reversed(self._ring)]
+        return [
+            {"at": round(at, 3), "method": clipped(method), "path": clipped(path),
+             "model": clipped(display_name(model)), "server": clipped(server), "status": status,
+             "ms": round(seconds * 1000, 1)}
+            for at, method, path, model, server, status, seconds in reversed(self._ring)
+        ]

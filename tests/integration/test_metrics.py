@@ -92,7 +92,6 @@ async def test_metrics_count_requests_through_client_and_server(fake: tuple[Fake
         assert value(c, "ollana_response_body_bytes_total", role="client", route="/api/generate") > 0
         assert value(c, "ollana_requests_in_flight", role="client") == 1  # this scrape
         assert value(c, "ollana_routing_decisions_total") == 5
-        assert value(c, "ollana_upstream_connections_total", connection="reused") >= 1
         assert value(c, "ollana_peers", state="healthy", source="static") == 1
         assert value(c, "ollana_node_info", role="client", trust="open") == 1
 

@@ -13,7 +13,7 @@ from ollana.observe.collect import families, peer_state
 from ollana.observe.dashboard import client_servers, document, pending_entries, trust_state
 from ollana.observe.labels import Bounded, display_name, model_label, route_name, status_label
 from ollana.observe.metrics import Metrics, Trip
-from ollana.observe.recent import MAX_TEXT, Recent, RecentRequests
+from ollana.observe.recent import MAX_TEXT, Entry, RecentRequests
 from ollana.trust.document import PeerKind, PendingDevice
 from ollana.trust.identity import grouped
 
@@ -62,8 +62,8 @@ def test_display_names() -> None:
     assert display_name(model_key("example.com/ns/m:1")) == "example.com/ns/m:1"
 
 
-def entry(i: int) -> Recent:
-    return Recent(at=1000.0 + i, method="POST", path="/api/chat", model="m", server="s", status=200, ms=1.0)
+def entry(i: int) -> Entry:
+    return (1000.0 + i, "POST", "/api/chat", model_key("m"), "s", 200, 0.001)
 
 
 def test_the_recent_ring_keeps_the_newest_first_and_is_bounded() -> None:
@@ -73,7 +73,8 @@ def test_the_recent_ring_keeps_the_newest_first_and_is_bounded() -> None:
     doc = ring.document()
     assert len(ring) == len(doc) == 100
     assert [d["at"] for d in doc[:2]] == [1249.0, 1248.0] and doc[-1]["at"] == 1150.0
-    assert set(doc[0]) == {"at", "method", "path", "model", "server", "status", "ms"}  # no body, ever
+    assert doc[0] == {"at": 1249.0, "method": "POST", "path": "/api/chat", "model": "m:latest", "server": "s",
+                      "status": 200, "ms": 1.0}  # no body, ever
 
 
 def test_the_observer_counts_and_fills_the_ring_without_bodies() -> None:
