@@ -146,7 +146,8 @@ class ServerNode:
                                             **({PEERS_PATH: self._peers} if self._known is not None else {}),
                                             **pages},
             connect_timeout=cfg.timings.connect_timeout, replay_limit=0, mark=(SERVER_HEADER, self.label),
-            hop=hop_mark(self._rt.node.node_id.hex()), observer=metrics.observer("server", lambda model: self._keeper.catalog.has(model)),
+            hop=hop_mark(self._rt.node.node_id.hex()),
+            observer=metrics.observer("server", lambda model: self._keeper.catalog.has(model)),
         )
         served: Callable[[web.BaseRequest], Any] = handler
         if self._rt.devices is not None:
