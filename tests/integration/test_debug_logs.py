@@ -17,6 +17,7 @@ import structlog
 from ollana import log as logconf
 from tests.fakeollama import FakeOllama
 from tests.integration.nodes import client_for, server_for
+from tests.integration.test_metrics import catalogued
 
 MARKER = "obs-marker-prompt-5d1c9e"
 
@@ -43,6 +44,7 @@ def events(out: io.StringIO, name: str) -> list[dict[str, Any]]:
 async def test_debug_shows_routing_and_connection_reuse_and_never_a_prompt(log_lines: io.StringIO) -> None:
     fake = FakeOllama()
     async with fake.serve("127.0.0.1", 0) as base, server_for(base) as srv, client_for(srv) as cli:
+        await catalogued(cli)
         app = ollama.AsyncClient(host=cli)
         await app.list()
         answers = []

@@ -58,6 +58,19 @@ async def scrape(url: str, tls: ssl.SSLContext | bool = True) -> Samples:
     return parse(body.decode())
 
 
+async def catalogued(client_url: str, servers: int = 1, timeout: float = 10.0) -> None:
+    """Wait until the client holds every server's catalogue (fetched after its first health
+    check; on a busy machine that may take more than one try), so models are known by name."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, _, body = await fetch(client_url + "/ollana/v1/status")
+        peers = json.loads(body)["peers"] if status == 200 else []
+        if len(peers) == servers and all(p.get("catalog") is not None for p in peers):
+            return
+        assert time.monotonic() < deadline, f"catalogues not fetched: {peers}"
+        await asyncio.sleep(0.05)
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[FakeOllama, str]]:
     f = FakeOllama()
@@ -68,6 +81,7 @@ async def fake() -> AsyncIterator[tuple[FakeOllama, str]]:
 async def test_metrics_count_requests_through_client_and_server(fake: tuple[FakeOllama, str]) -> None:
     _, base = fake
     async with server_for(base) as srv, client_for(srv) as cli:
+        await catalogued(cli)
         app = ollama.AsyncClient(host=cli)
         listed = await app.list()  # fetches the server's catalogue: the model is known by name
         assert MODEL in [m.model for m in listed.models]
@@ -125,6 +139,7 @@ async def test_unknown_paths_and_models_stay_bounded(fake: tuple[FakeOllama, str
 async def test_client_listener_serves_the_page_and_its_document(fake: tuple[FakeOllama, str]) -> None:
     _, base = fake
     async with server_for(base) as srv, client_for(srv) as cli:
+        await catalogued(cli)
         await ollama.AsyncClient(host=cli).generate(model=MODEL, prompt="secret-marker-prompt")
         status, headers, body = await fetch(cli + "/ollana/")
         assert status == 200 and headers["Content-Type"].startswith("text/html"), headers

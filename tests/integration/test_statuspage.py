@@ -33,6 +33,7 @@ from ollana.trust.store import TrustStore
 from tests.fakeollama import FakeOllama
 from tests.integration.nodes import client_for, server_for
 from tests.integration.test_devices import until
+from tests.integration.test_metrics import catalogued
 
 BROWSER_TIMEOUT = 90.0  # a cold Chromium on a busy 2-core machine; it usually takes 1-3 s
 
@@ -94,6 +95,7 @@ async def fleet(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
             servers.append(await stack.enter_async_context(server_for(base)))
         monkeypatch.setattr(Node, "local_hostname", staticmethod(lambda: "laptop"))
         cli = await stack.enter_async_context(client_for(*servers))
+        await catalogued(cli, servers=2)
         app = ollama.AsyncClient(host=cli)
         await app.list()
         await app.generate(model="qwen2.5-coder:7b", prompt="a marker prompt never shown")
