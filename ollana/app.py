@@ -13,6 +13,7 @@ import aiohttp
 import structlog
 
 from ollana.config import Config, Endpoint, Mode, Role, Trust
+from ollana.observe.upstream import connection_traces
 from ollana.proxy.headers import OWN_REQUEST, is_from_ollana
 from ollana.roles.both import run_both
 from ollana.roles.client import ClientNode
@@ -98,7 +99,8 @@ async def run(
             "you trust; the default, --trust devices, pairs devices and encrypts traffic",
         )
     async with AsyncExitStack() as stack:
-        session = await stack.enter_async_context(upstream_session(config.timings.connect_timeout))
+        session = await stack.enter_async_context(
+            upstream_session(config.timings.connect_timeout, connection_traces()))
         # service/: the control socket for `ollana device/peer`, and the runtime record (written
         # once the node serves, removed on exit) by which CLI commands find this node.
         ready = await stack.enter_async_context(presence(config, files, ready))

@@ -13,6 +13,7 @@ import aiohttp
 
 from ollana import __version__
 from ollana.config import Config, Endpoint, Role
+from ollana.observe.metrics import Metrics
 
 if TYPE_CHECKING:
     from ollana.trust.devices import DeviceTrust
@@ -57,6 +58,8 @@ class Runtime:
     devices: DeviceTrust | None = None
     # Set (by SIGHUP) to re-read what can be reloaded now rather than at the next poll.
     reload: asyncio.Event = field(default_factory=asyncio.Event)
+    # The node's metrics and recent requests (one registry per node, shared by role both's sides).
+    metrics: Metrics = field(default_factory=Metrics)
 
     def base_status(self, role: Role, listen: Endpoint) -> dict[str, Any]:
         return {
@@ -79,8 +82,11 @@ def upstream_timeout(connect_timeout: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=None)
 
 
-def upstream_session(connect_timeout: float) -> aiohttp.ClientSession:
-    """The one pooled client session of a node's lifetime (keep-alive connections are reused)."""
+def upstream_session(
+    connect_timeout: float, traces: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
+    """The one pooled client session of a node's lifetime (keep-alive connections are reused;
+    ``traces``: aiohttp request tracing, for debug logs)."""
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0, ttl_dns_cache=10)
     return aiohttp.ClientSession(
         connector=connector,
@@ -89,4 +95,5 @@ def upstream_session(connect_timeout: float) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         timeout=upstream_timeout(connect_timeout),
         trust_env=False,
+        trace_configs=traces or None,
     )

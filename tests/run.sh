@@ -5,12 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The LAN lab needs root, iproute2 (ip netns) and iptables (packet-loss tests); the packaging
-# tests check the logrotate file with logrotate itself.
+# tests check the logrotate file with logrotate itself; the status page is tested in Chromium.
 if [ "$(id -u)" = 0 ]; then
   missing=()
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v iptables >/dev/null 2>&1 || missing+=(iptables)
   command -v logrotate >/dev/null 2>&1 || missing+=(logrotate)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${missing[*]} for the LAN lab"
     apt-get update -qq

@@ -77,7 +77,9 @@ def read_file(path: Path, *, required: bool) -> dict[str, object] | None:
     """The file's checked values; None when a default file does not exist."""
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
+        # A default file under a state dir that is not there (or is not a directory) is simply
+        # absent: the state dir's own problem is reported by serve, in its own words.
         if required:
             raise ConfigFileError(f"{path}: no such config file (given with --config)") from None
         return None

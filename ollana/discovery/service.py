@@ -72,6 +72,9 @@ class Discovery:
         self._join_errors = RateLimiter(period=60.0)
         self.accepted: Counter[LinkKey] = Counter()
         self.dropped: Counter[str] = Counter()
+        # Packets accepted from others and sent (one per link), by type (metrics read these).
+        self.received: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()
         self._seq = 0
 
     @property
@@ -192,8 +195,10 @@ class Discovery:
             sock = self._socks.get(link.family)
             if sock is None:
                 continue
+            packet = build(link)
             try:
-                net.send(sock, encode(build(link)), self._groups[link.family], self._port, link)
+                net.send(sock, encode(packet), self._groups[link.family], self._port, link)
+                self.sent[type(packet).__name__.lower()] += 1
             except OSError as exc:
                 allowed, _ = self._send_errors.allow(f"{link.name}/{link.family}", self._clock())
                 if allowed:
@@ -237,6 +242,7 @@ class Discovery:
         if packet.instance_id == self._instance_id:
             return  # our own packet, looped back
         self.accepted[link.key] += 1
+        self.received[type(packet).__name__.lower()] += 1
         self._remember(source, link.key)
         self._on_packet(packet, source, now)
 
@@ -262,6 +268,8 @@ class Discovery:
             "groups": {f"ipv{family}": self._groups[family] for family in self._socks},
             "interfaces": self.links_status(),
             "dropped": dict(sorted(self.dropped.items())),
+            "received": dict(sorted(self.received.items())),
+            "sent": dict(sorted(self.sent.items())),
         }
 
     def links_status(self) -> list[dict[str, Any]]:

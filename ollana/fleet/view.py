@@ -75,6 +75,10 @@ class FleetView:
         """This client's requests in flight to ``key`` per model (snapshot for ``fetched``)."""
         return dict(self._own.get(key, {}))
 
+    def holds(self, model: str) -> bool:
+        """Whether any server's catalogue lists ``model`` (a model key)."""
+        return any(model in k.catalog.present for k in self._known.values())
+
     def catalog(self, key: str) -> Catalog | None:
         known = self._known.get(key)
         return known.catalog if known is not None else None

@@ -20,6 +20,7 @@ from aiohttp import web
 from ollana.errors import UpstreamUnavailable
 from ollana.fleet.asks import Ask, classify, read_body
 from ollana.fleet.catalog import SERVER_HEADER
+from ollana.observe.metrics import RequestObserver, Trip
 from ollana.proxy.answers import NOT_FORWARDED, error, json_response
 from ollana.proxy.forward import (
     SMALL_BODY,
@@ -69,8 +70,9 @@ class Route(Protocol):
         """The answer when no target could be reached."""
 
 
-# One of the role's own documents (GET/HEAD /ollana/v1/status, /ollana/v1/catalog).
-StatusDocument = Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]]
+# One of the role's own documents (GET/HEAD /ollana/v1/status, /ollana/v1/catalog), or a
+# response of its own (the status page, the metrics).
+StatusDocument = Callable[[], dict[str, Any] | Awaitable[dict[str, Any]] | web.Response]
 
 
 class ProxyHandler:
@@ -85,6 +87,7 @@ class ProxyHandler:
         mark: tuple[str, str] | None = None,
         host_allowed: Callable[[str], bool] | None = None,
         hop: str | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         self._session = session
         self._route = route
@@ -95,12 +98,13 @@ class ProxyHandler:
         self._hop = hop  # this node's Via mark: forwarded requests carry it, loops are refused
         self._timeout = upstream_timeout(connect_timeout)  # built once, not per request
         self._replay_limit = replay_limit
+        self._observer = observer  # metrics and the recent requests (None: not observed)
         # Bound once for the node's life (logging is configured by then): the per-request line
         # then skips re-binding a logger on every request.
         self._log = log.bind()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        started = time.perf_counter()
+        trip = self._observer.begin() if self._observer is not None else Trip(time.perf_counter())
         status, target_key, sent, broken = 0, "-", 0, None
         try:
             refusal = refuse_non_origin_form(request)
@@ -119,7 +123,7 @@ class ProxyHandler:
             elif request.path.startswith(OWN_PREFIX):
                 response = await self._own(request)
             else:
-                response, target_key, sent, broken = await self._forward(request)
+                response, target_key, sent, broken = await self._forward(request, trip)
             status = response.status
             return response
         finally:
@@ -129,8 +133,10 @@ class ProxyHandler:
                 "status": status or "aborted",
                 "peer": target_key,
                 "bytes": sent,
-                "ms": round((time.perf_counter() - started) * 1000, 2),
+                "ms": round((time.perf_counter() - trip.started) * 1000, 2),
             }
+            if self._observer is not None:
+                self._observer.done(request.method, request.path, trip, status, sent)
             if broken:
                 self._log.warning("request", broken=broken, **fields)
             elif target_key == "-" and status == 200:
@@ -146,9 +152,11 @@ class ProxyHandler:
         if request.method not in ("GET", "HEAD"):
             return error(request, 405, "method not allowed")
         body = document()
+        if isinstance(body, web.Response):
+            return body
         return json_response(200, await body if inspect.isawaitable(body) else body)
 
-    async def _forward(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str, int, str | None]:
+    async def _forward(self, request: web.BaseRequest, trip: Trip) -> tuple[web.StreamResponse, str, int, str | None]:
         route = self._route
         ask = classify(request.method, request.path)
         early = await route.answer(request, ask)
@@ -166,6 +174,7 @@ class ProxyHandler:
             return error(request, 400, reason), "-", 0, reason
         if ask.body_names_model and "Content-Encoding" not in request.headers:
             ask = read_body(ask, body.head, whole=body.whole)
+        trip.model = ask.model
         targets = route.targets(request, ask)
         if not isinstance(targets, list):
             return targets, "-", 0, None
@@ -188,6 +197,7 @@ class ProxyHandler:
                         continue
                     return route.unavailable(request, tried), target.key, 0, None
                 status = upstream.status
+                trip.reached(target.key, target.mark, upstream)
                 may_retry = not last and body.replayable
                 if upstream.headers.get(NOT_FORWARDED):
                     # The next hop could not reach its Ollama; the request went nowhere. That is

@@ -23,6 +23,8 @@ from ollana.discovery.service import Discovery, discovery_status, interfaces_sta
 from ollana.errors import UpstreamUnavailable
 from ollana.fleet.view import FleetView
 from ollana.httpserver import listening
+from ollana.observe.dashboard import client_servers
+from ollana.observe.pages import status_pages
 from ollana.proxy import hostcheck
 from ollana.proxy.handler import STATUS_PATH, ProxyHandler
 from ollana.proxy.headers import hop_mark, is_from_ollana
@@ -49,7 +51,7 @@ class ClientNode:
         if rt.devices is not None:
             self._vetting = ServerVetting(
                 rt.devices, rt.session, hostname=rt.node.hostname,
-                timeout=rt.config.timings.health_timeout, clock=rt.clock,
+                timeout=rt.config.timings.health_timeout, clock=rt.clock, on_outcome=rt.metrics.vetted,
             )
         self._view = FleetView()
         self._catalogs = CatalogFetcher(
@@ -57,7 +59,8 @@ class ClientNode:
             self._vetting.context if self._vetting is not None else None, local,
         )
         self._route = ClientRoute(self._table, self._view, rt.clock, rt.config.timings.no_peer_grace,
-                                  self._probe, self._catalogs.fetch, self._announced, self._vetting, local)
+                                  self._probe, self._catalogs.fetch, self._announced, self._vetting, local,
+                                  routed=rt.metrics.routed)
         self._listen = rt.config.listen_for(Role.CLIENT)
         self._check_now = asyncio.Event()
         # Peers to check at the next early wake-up (new, restarted, moved); None: every peer.
@@ -75,10 +78,12 @@ class ClientNode:
         if hostcheck.is_loopback(self._listen.host):
             hostname, addresses = hostcheck.own_hostname(), hostcheck.own_addresses()
             guard = partial(hostcheck.allowed, own_hostname=hostname, own_addresses=addresses)
+        pages = status_pages(self._rt.metrics, "client", self._status, client_servers, self._rt.devices)
         handler = ProxyHandler(
-            self._rt.session, self._route, {STATUS_PATH: self._status},
+            self._rt.session, self._route, {STATUS_PATH: self._status, **pages},
             connect_timeout=cfg.timings.connect_timeout, replay_limit=cfg.replay_limit,
             host_allowed=guard, hop=hop_mark(self._rt.node.node_id.hex()),
+            observer=self._rt.metrics.observer("client", self._view.holds),
         )
         devices_mode = cfg.trust is Trust.DEVICES
         local = self._local

@@ -96,6 +96,16 @@ class WithLocal:
         return peer.key != self._local and self._inner.refusing(peer)
 
 
+def candidate(peer: Peer, view: FleetView) -> dict[str, Any]:
+    """A server as the debug log shows it next to a routing decision."""
+    catalog = view.catalog(peer.key)
+    return {
+        "peer": peer.key, "hostname": peer.hostname or None, "healthy": peer.healthy,
+        "rtt_ms": None if peer.rtt_ms is None else round(peer.rtt_ms, 2), "inflight": peer.inflight,
+        "models": len(catalog.models) if catalog is not None else None,
+    }
+
+
 def short_id(peer: Peer) -> str:
     """The short ID a server's own answers show in X-Ollana-Server: its device ID's first 7
     characters (trust devices), else its node ID's."""
@@ -144,6 +154,8 @@ class ClientRoute:
         fetch_soon: Callable[[Peer], None],
         policy: Policy | None = None,
         local: LocalServer | None = None,
+        *,
+        routed: Callable[[str], None] = lambda _why: None,
     ) -> None:
         self._table = table
         self._view = view
@@ -158,6 +170,7 @@ class ClientRoute:
             self._policy = WithLocal(self._policy, local.key)
         # Role both: the server side counts this client's requests to the local Ollama too.
         self._local = local
+        self._routed = routed  # counts each decision by its rule (metrics)
         self.peer_added = asyncio.Event()
         # The request tasks in flight per peer, so that disabling a server cuts its streams.
         self._inflight: dict[str, set[asyncio.Task[Any]]] = {}
@@ -205,15 +218,26 @@ class ClientRoute:
                 known = ", ".join(f"{p.hostname or '?'} ({short_id(p)}) at {p.endpoint}" for p in peers)
                 what = "matches several servers" if chosen else "names no server this client knows"
                 return error(request, 404, f"{SERVER_HEADER}: {wanted!r} {what}; known servers: {known or 'none'}")
+            self._decided(ask, peers, (chosen[0].key,), "pinned")
             return [target_of(chosen[0], policy.context(chosen[0]))]
         decision = self._view.decide(ask, peers, [p.key for p in peers], self._clock())
         by_key = {p.key: p for p in peers}
-        if ask.model and self._debug.isEnabledFor(logging.DEBUG):  # (checked first: hot path)
-            log.debug("routed", model=ask.model, why=decision.why, order=list(decision.order))
+        self._decided(ask, peers, decision.order, decision.why)
         return [
             target_of(by_key[k], policy.context(by_key[k]), listed=k in decision.holders)
             for k in decision.order
         ]
+
+    def _decided(self, ask: Ask, peers: list[Peer], order: tuple[str, ...], why: str) -> None:
+        """Count a routing decision; at debug, log it: the candidates as routing saw them, the
+        order chosen, and the rule that chose (the level is checked first: this is the hot path)."""
+        self._routed(why)
+        if self._debug.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "routed", path=ask.path, kind=ask.kind.value, model=ask.model or None, why=why,
+                chosen=order[0] if order else None, order=list(order),
+                candidates=[candidate(p, self._view) for p in peers],
+            )
 
     def begin(self, target: Target, ask: Ask) -> None:
         self._table.begin(target.key)

@@ -31,6 +31,8 @@ from ollana.fleet.asks import Ask, Kind
 from ollana.fleet.catalog import CATALOG_PATH, SERVER_HEADER
 from ollana.fleet.keeper import CatalogKeeper
 from ollana.httpserver import Listener, listening
+from ollana.observe.dashboard import server_entry
+from ollana.observe.pages import status_pages
 from ollana.proxy.answers import error
 from ollana.proxy.forward import Target
 from ollana.proxy.handler import STATUS_PATH, ProxyHandler
@@ -137,16 +139,19 @@ class ServerNode:
         self._known = KnownServers() if devices is not None else None
 
     async def run(self, shutdown: asyncio.Event, ready: Callable[[Ready], None]) -> None:
-        cfg = self._rt.config
+        cfg, metrics = self._rt.config, self._rt.metrics
+        pages = status_pages(metrics, "server", self._status, self._own_ollama, self._rt.devices)
         handler = ProxyHandler(
             self._rt.session, self._route, {STATUS_PATH: self._status, CATALOG_PATH: self._catalog,
-                                            **({PEERS_PATH: self._peers} if self._known is not None else {})},
+                                            **({PEERS_PATH: self._peers} if self._known is not None else {}),
+                                            **pages},
             connect_timeout=cfg.timings.connect_timeout, replay_limit=0, mark=(SERVER_HEADER, self.label),
             hop=hop_mark(self._rt.node.node_id.hex()),
+            observer=metrics.observer("server", lambda model: self._keeper.catalog.has(model)),
         )
         served: Callable[[web.BaseRequest], Any] = handler
         if self._rt.devices is not None:
-            self._gate = Gate(self._rt.devices, handler, self._rt.node.hostname)
+            self._gate = Gate(self._rt.devices, handler, self._rt.node.hostname, on_refusal=metrics.refused)
             served = self._gate
         await self._health.check()
         log.info("ollama_checked", upstream=cfg.ollama_url, up=self._health.up, version=self._health.version or None)
@@ -305,6 +310,16 @@ class ServerNode:
 
     async def _catalog(self) -> dict[str, Any]:
         return (await self._keeper.current()).document()
+
+    def _own_ollama(self, status: dict[str, Any]) -> list[dict[str, Any]]:
+        """The status page's one server row: the Ollama this server shares."""
+        catalog = self._keeper.catalog
+        return [server_entry(
+            name=self.label, address=self._rt.config.ollama_url, trust="this server",
+            healthy=self._health.up, rtt_ms=None, inflight=sum(catalog.inflight.values()), slots=catalog.capacity,
+            models=[str(e.get("name")) for e in catalog.models] if self._keeper.fresh else None,
+            loaded=[str(e.get("name")) for e in catalog.loaded], source="local", current=True,
+        )]
 
     def _status(self) -> dict[str, Any]:
         body: dict[str, Any] = self._rt.base_status(Role.SERVER, self._listen)

@@ -42,8 +42,12 @@ REFUSAL_LOG_PERIOD: Final = 30.0
 class Gate:
     """Wraps the proxy handler: authorizes each request, answers the hello."""
 
-    def __init__(self, devices: DeviceTrust, inner: Handler, hostname: str) -> None:
+    def __init__(
+        self, devices: DeviceTrust, inner: Handler, hostname: str,
+        on_refusal: Callable[[str], None] = lambda _reason: None,
+    ) -> None:
         self._devices = devices
+        self._refused = on_refusal  # counts each refusal by its reason (metrics)
         self._inner = inner
         self._hostname = hostname
         self.tls = ServerTLS(devices.identity, self._anchors())
@@ -73,6 +77,7 @@ class Gate:
     # -- refusals ----------------------------------------------------------------------------
 
     def _refuse(self, request: web.BaseRequest, device_id: str | None, refused: Refusal) -> web.Response:
+        self._refused(refused.reason)
         allowed, suppressed = self._refusals.allow(f"{request.remote}/{device_id}", self._devices.wall())
         if allowed:
             log.warning(
@@ -98,6 +103,7 @@ class Gate:
         try:
             hello = parse_hello(bytes(body))
         except BadHello as exc:
+            self._refused("bad hello")
             allowed, _ = self._bad_hellos.allow(str(request.remote), self._devices.wall())
             if allowed:
                 log.info("hello_refused", address=request.remote, reason=str(exc))

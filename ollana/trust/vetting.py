@@ -51,8 +51,10 @@ class ServerVetting:
         hostname: str,
         timeout: float,
         clock: Callable[[], float],
+        on_outcome: Callable[[str], None] = lambda _outcome: None,
     ) -> None:
         self._devices = devices
+        self._outcome = on_outcome  # counts each check's outcome (metrics)
         self._session = session
         self._hostname = hostname
         self._timeout = timeout
@@ -111,6 +113,7 @@ class ServerVetting:
             der = await fetch_peer_cert(address, port, self._timeout)
         except UpstreamUnavailable as exc:
             log.debug("server_check_failed", address=address, port=port, error=str(exc))
+            self._outcome("unreachable")
             return False
         cert = presented(der)
         pem = cert.cert_pem if genuine(cert, announced) else None
@@ -118,6 +121,7 @@ class ServerVetting:
             self.impostor(address, port, announced, cert.device_id)
             return False
         self._record((address, port, announced), proved=True)
+        self._outcome("genuine")
         await self.introduce(address, port, announced, pem, hostname)
         return True
 
@@ -131,6 +135,7 @@ class ServerVetting:
         try:
             der = await fetch_peer_cert(peer.endpoint.host, peer.endpoint.port, self._timeout)
         except UpstreamUnavailable as exc:
+            self._outcome("unreachable")
             allowed, _ = self._warned.allow(f"static/{peer.endpoint}", self._clock())
             if allowed:
                 log.warning(
@@ -142,11 +147,13 @@ class ServerVetting:
         if cert.cert_pem is None:
             return
         peer.device_id = cert.device_id
+        self._outcome("learned")
         await self.introduce(peer.endpoint.host, peer.endpoint.port, cert.device_id, cert.cert_pem, peer.hostname)
 
     def impostor(self, address: str, port: int, announced: str, actual: str | None) -> None:
         """A host at ``address`` claims a device whose key it does not hold: warn once per address."""
         self._record((address, port, announced), proved=False)
+        self._outcome("impostor")
         allowed, _ = self._warned.allow(f"impostor/{address}", self._clock())
         if allowed:
             log.warning(

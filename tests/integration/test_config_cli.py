@@ -73,6 +73,11 @@ def test_a_missing_default_file_is_fine_and_a_missing_explicit_one_is_an_error(h
     result = invoke(["config", "show", "--config", str(missing)], {"OLLANA_HOME": str(home)})
     assert result.exit_code == 2
     assert f"{missing}: no such config file (given with --config)" in result.output
+    # A state dir under a plain file: no default file there either (serve reports the state dir).
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = invoke(["config", "show"], {"OLLANA_HOME": str(blocker / "state")})
+    assert result.exit_code == 0, result.output
 
 
 def test_config_path(home: Path) -> None:
