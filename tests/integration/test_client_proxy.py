@@ -91,16 +91,42 @@ async def test_no_server_is_a_fast_json_503() -> None:
 
 
 async def test_busy_port_is_a_clear_startup_error() -> None:
+    # Something that is not an Ollama holds the port (it accepts, never answers): name the port only.
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = blocker.sockets[0].getsockname()[1]
     try:
         with pytest.raises(StartupError) as info:
             async with running(config(Mode.CLIENT, listen=Endpoint("127.0.0.1", port))):
                 pass
-        assert f"127.0.0.1:{port}" in str(info.value) and "already in use" in str(info.value)
-        assert "Ollama" in str(info.value)
+        said = str(info.value)
+        assert said == (f"cannot listen on 127.0.0.1:{port}: 127.0.0.1:{port} is already in use by another program; "
+                        "choose another address with --listen")
+        assert "Ollama" not in said and "ollana" not in said
     finally:
         blocker.close()
+
+
+async def test_busy_port_blames_ollama_only_when_an_ollama_answers_there() -> None:
+    fake = FakeOllama()
+    async with fake.serve("127.0.0.1", 0) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with pytest.raises(StartupError) as info:
+            async with running(config(Mode.CLIENT, listen=Endpoint("127.0.0.1", port))):
+                pass
+        said = str(info.value)
+        assert said.startswith(f"cannot listen on 127.0.0.1:{port}: an Ollama ")
+        assert "already listens there" in said and "ollana serve --mode server" in said
+        with pytest.raises(StartupError) as info:
+            async with running(config(Mode.SERVER, ollama_url=base, listen=Endpoint("127.0.0.1", port))):
+                pass
+        assert "an Ollama" in str(info.value) and "--mode server" not in str(info.value)
+        # Another ollana (its answers carry ollana's Via mark) is named as such.
+        async with server_for(base) as proxy:
+            taken = Endpoint("127.0.0.1", int(proxy.rsplit(":", 1)[1]))
+            with pytest.raises(StartupError) as info:
+                async with running(config(Mode.CLIENT, listen=taken)):
+                    pass
+            assert f"cannot listen on {taken}: another ollana already listens there" in str(info.value)
 
 
 async def test_truncated_request_body_is_never_forwarded(two_servers: list[tuple[FakeOllama, str]]) -> None:

@@ -216,4 +216,6 @@ def test_port_busy_client_exits_with_a_clear_message(lab: Lab) -> None:
     res = host.run(ollana_argv("--mode", "client"), check=False, timeout=20,
                    env={"OLLANA_HOME": str(host.dir / "state")})
     assert res.returncode == 1
-    assert "127.0.0.1:11434" in res.stderr and "already in use" in res.stderr
+    said = [line for line in res.stderr.splitlines() if line.startswith("ollana: error:")]
+    assert len(said) == 1 and "127.0.0.1:11434 is already in use by another program" in said[0]
+    assert "Ollama" not in said[0]  # what holds the port was asked, and it is no Ollama
