@@ -22,6 +22,7 @@ from ollana.fleet.catalog import SERVER_HEADER
 from ollana.fleet.view import FleetView
 from ollana.proxy.answers import error, json_response
 from ollana.proxy.forward import Target
+from ollana.proxy.forward import cut as cut_request
 from ollana.roles.local import LocalServer
 
 log = structlog.get_logger(__name__)
@@ -45,7 +46,12 @@ def log_change(change: Change | None) -> None:
 def target_of(peer: Peer, tls: ssl.SSLContext | None = None, *, listed: bool = False) -> Target:
     # This machine's own Ollama (role both) is reached directly: mark its answers here.
     mark = peer.hostname if peer.source is Source.LOCAL else None
-    return Target(peer.key, peer.url, str(peer.endpoint), tls, listed, mark)
+    return Target(peer.key, peer.url, str(peer.endpoint), tls, listed, mark, display_name(peer))
+
+
+def display_name(peer: Peer) -> str:
+    """A server as people know it: its host name, else its address."""
+    return peer.hostname or str(peer.endpoint)
 
 
 class Policy(Protocol):
@@ -226,10 +232,13 @@ class ClientRoute:
             self._inflight.setdefault(target.key, set()).add(task)
 
     def cut(self, key: str) -> int:
-        """Cancel the requests in flight to a peer (it was disabled); returns how many."""
+        """End the requests in flight to a peer (it was disabled here); returns how many. Each
+        answer ends saying so (an error line in a stream, else a 403)."""
         tasks = self._inflight.pop(key, set())
+        peer = self._table.get(key)
+        name = display_name(peer) if peer is not None else key
         for task in tasks:
-            task.cancel()
+            cut_request(task, f"{name} was disabled on this device")
         return len(tasks)
 
     def end(self, target: Target, ask: Ask, status: int | None) -> None:

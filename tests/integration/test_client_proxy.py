@@ -201,3 +201,29 @@ async def test_a_peer_that_is_this_node_is_a_508_then_dropped() -> None:
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the self peer was never dropped")
+
+
+async def test_a_server_gone_mid_stream_is_named_not_aiohttps_text() -> None:
+    # A "server" that starts an NDJSON stream, sends two lines and drops the connection (a machine
+    # switched off mid-answer): the app's stream ends with an error line saying so.
+    async def half_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        line = b'{"model":"llama3.2:1b","response":"a","done":false}\n'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"%x\r\n%s\r\n" % (len(line), line) * 2)
+        await writer.drain()
+        writer.transport.abort()
+
+    dying = await asyncio.start_server(half_answer, "127.0.0.1", 0)
+    port = dying.sockets[0].getsockname()[1]
+    try:
+        async with client_for(f"http://127.0.0.1:{port}") as client_url:
+            client = ollama.AsyncClient(host=client_url)
+            got = []
+            with pytest.raises(ollama.ResponseError) as info:
+                async for part in await client.generate(model="llama3.2:1b", prompt="x", stream=True):
+                    got.append(part.response)
+            assert got == ["a", "a"]
+            assert info.value.error == f"ollana: 127.0.0.1:{port} went away mid-stream"
+    finally:
+        dying.close()
