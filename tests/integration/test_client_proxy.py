@@ -84,7 +84,11 @@ async def test_no_server_is_a_fast_json_503() -> None:
     async with running(config(Mode.CLIENT)) as ready, aiohttp.ClientSession() as s:
         async with s.get(f"http://{ready.listen}/api/tags") as r:
             assert r.status == 503
-            assert "no Ollama server found on the LAN" in (await r.json())["error"]
+            # Discovery is off here and no server is named: only --peer can help, and it says so.
+            assert (await r.json())["error"] == (
+                "ollana: no Ollama server: discovery is off (--no-discovery) and no server is named; "
+                "pass --peer HOST:PORT (or `ollana peer add HOST`)"
+            )
         async with s.get(f"http://{ready.listen}/ollana/v1/status") as r:
             st = await r.json()
             assert st["role"] == "client" and st["peers"] == []
@@ -227,3 +231,15 @@ async def test_a_server_gone_mid_stream_is_named_not_aiohttps_text() -> None:
             assert info.value.error == f"ollana: 127.0.0.1:{port} went away mid-stream"
     finally:
         dying.close()
+
+
+async def test_every_server_failing_is_a_502_naming_each_and_why() -> None:
+    dead = [free_port(), free_port()]
+    async with client_for(*(f"http://127.0.0.1:{p}" for p in dead)) as client_url, aiohttp.ClientSession() as s:
+        r = await s.post(client_url + "/api/generate", json={"model": "m", "prompt": "x"})
+        assert r.status == 502
+        said = (await r.json())["error"]
+    assert said.startswith("ollana: no Ollama server on the LAN answered; tried ")
+    for port in dead:
+        assert f"127.0.0.1:{port} [--peer]: unreachable: connection refused (nothing listens there)" in said
+    assert "Connect call failed" not in said

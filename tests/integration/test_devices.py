@@ -197,3 +197,21 @@ async def test_a_client_never_uses_a_server_in_the_other_mode(
     assert "--trust devices" in said["server_unreachable"]["hint"]
     assert said["server_ignored"]["client_trust"] == "open" and "--trust open" in said["server_ignored"]["reason"]
 
+
+
+async def test_a_peer_in_trust_open_is_named_in_the_503_without_suggesting_peer(
+    fake: tuple[FakeOllama, str], tmp_path: Path
+) -> None:
+    # The client (trust mode devices, --peer, no discovery) names a server that runs --trust open:
+    # the 503 says which server and why, and suggests neither --peer nor waiting for discovery.
+    f, base = fake
+    async with server_for(base) as plain, client_for(plain, trust=Trust.DEVICES, state_dir=tmp_path) as cli:
+        status, body = await get(cli + "/api/version")
+    port = plain.rsplit(":", 1)[1]
+    assert status == 503, body
+    assert body["error"] == (
+        f"ollana: no usable Ollama server found; known server: 127.0.0.1:{port} [--peer]: its certificate "
+        "could not be read: it is unreachable, or it runs --trust open (plain HTTP), which this client "
+        "(trust mode devices) never uses"
+    )
+    assert forwarded(f) == []
