@@ -80,13 +80,15 @@ def no_server(
     ``pair_hint``: what to type to pair, when some servers are only unpaired (it names them).
     """
     named = any(s.named for s in servers)
-    if not servers:
+    left = [s for s in servers if s.why in (Why.GOODBYE, Why.SILENT)]
+    if len(left) == len(servers):  # none on the LAN now; maybe some were, a while ago
+        before = f". Seen before: {listed(left)}" if left else ""
         if discovery:
             return (f"ollana: no Ollama server found on the LAN (waited {waited:g} s for discovery); run "
                     "`ollana serve` on a machine with Ollama, or pass --peer HOST:PORT for a server "
-                    "multicast cannot reach")
+                    f"multicast cannot reach{before}")
         return ("ollana: no Ollama server: discovery is off (--no-discovery) and no server is named; "
-                "pass --peer HOST:PORT (or `ollana peer add HOST`)")
+                f"pass --peer HOST:PORT (or `ollana peer add HOST`){before}")
     unpaired = [s for s in servers if s.why is Why.UNPAIRED]
     others = [s for s in servers if s.why is not Why.UNPAIRED]
     if pair_hint is not None and unpaired:

@@ -41,6 +41,14 @@ def test_each_server_says_why_and_suggestions_fit_discovery() -> None:
     assert said.endswith("Other servers are found as they announce themselves; pass --peer HOST:PORT for one multicast cannot reach")
 
 
+def test_servers_that_left_are_named_after_the_usual_suggestions() -> None:
+    servers = [Unusable("old-box", "10.0.0.3:11435", Why.GOODBYE, when="12 s ago")]
+    said = no_server(servers, waited=3, discovery=True)
+    assert said.startswith("ollana: no Ollama server found on the LAN (waited 3 s for discovery); run `ollana serve`")
+    assert said.endswith(". Seen before: old-box (10.0.0.3:11435): it said goodbye: it was stopped, or its Ollama "
+                         "stopped answering (12 s ago)")
+
+
 def test_unpaired_servers_keep_the_pairing_hint_and_others_follow() -> None:
     hint = "ollana: found Ollama servers on the LAN, but none is paired with this device: a (ABC). Pair: ..."
     servers = [Unusable("a", "10.0.0.2:11435", Why.UNPAIRED), Unusable("b", "10.0.0.3:11435", Why.SPEAKS_TLS)]
