@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from ollana.config import Endpoint
+from ollana.discovery.links import preference
 from ollana.discovery.packet import TRUST_DEVICES
 from ollana.discovery.peers import BY_ADDRESS, Change, ChangeKind, Peer, PeerTable, Source
 from ollana.fleet.asks import Ask, Kind
@@ -180,7 +181,7 @@ class ClientRoute:
         # For the 503 and 502 texts: whether discovery runs, servers that left the table (or were
         # heard in the other trust mode) with when, and each server's last failed request.
         self._discovery = discovery
-        self._gone: dict[str, tuple[Unusable, float]] = {}
+        self._gone: dict[str, tuple[Unusable, float, str]] = {}  # (what, when, its host)
         self._failures: dict[str, str] = {}
 
     @property
@@ -309,20 +310,23 @@ class ClientRoute:
             self._gone.pop(peer.key, None)
         elif change.kind in (ChangeKind.REMOVED, ChangeKind.EXPIRED) and peer.source not in (*BY_ADDRESS, Source.LOCAL):
             why = Why.GOODBYE if change.kind is ChangeKind.REMOVED else Why.SILENT
-            self._remember(peer.key, Unusable(peer.hostname, str(peer.endpoint), why))
+            self._remember(peer.key, Unusable(peer.hostname, str(peer.endpoint), why), peer.endpoint.host)
         if change.kind in (ChangeKind.REMOVED, ChangeKind.EXPIRED):
             self._failures.pop(peer.key, None)
 
     def other_mode(self, key: str, hostname: str, endpoint: Endpoint, server_trust: str) -> None:
         """A server was heard in the other trust mode: never used, named in the 503."""
         why = Why.SPEAKS_TLS if server_trust == TRUST_DEVICES else Why.PLAIN
-        self._remember(key, Unusable(hostname, str(endpoint), why))
+        known = self._gone.get(key)
+        if known is not None and known[0].why is why and preference(known[2]) < preference(endpoint.host):
+            endpoint = Endpoint(known[2], endpoint.port)  # heard on both families: name it by IPv4
+        self._remember(key, Unusable(hostname, str(endpoint), why), endpoint.host)
 
-    def _remember(self, key: str, server: Unusable) -> None:
+    def _remember(self, key: str, server: Unusable, host: str) -> None:
         self._gone.pop(key, None)
         while len(self._gone) >= MAX_GONE:
             del self._gone[next(iter(self._gone))]  # the oldest news goes first
-        self._gone[key] = (server, self._clock())
+        self._gone[key] = (server, self._clock(), host)
 
     def _unusable(self, peer: Peer) -> Unusable:
         named = peer.source in BY_ADDRESS
@@ -335,9 +339,9 @@ class ClientRoute:
         """Every server known and not usable now, the table's first, then those remembered."""
         now, policy = self._clock(), self._policy
         known = [self._unusable(p) for p in self._table if not policy.usable(p)]
-        for key in [k for k, (_, at) in self._gone.items() if now - at > GONE_MEMORY]:
+        for key in [k for k, (_, at, _) in self._gone.items() if now - at > GONE_MEMORY]:
             del self._gone[key]
-        for key, (server, at) in reversed(self._gone.items()):
+        for key, (server, at, _) in reversed(self._gone.items()):
             if self._table.get(key) is None:
                 left = server.why in (Why.GOODBYE, Why.SILENT)
                 known.append(Unusable(server.name, server.address, server.why, when=_ago(now - at) if left else ""))

@@ -87,3 +87,28 @@ def test_no_answer_names_each_server_tried() -> None:
     said = no_answer([Unusable("gpu-box", "10.0.0.2:11435", Why.NOT_FORWARDED)])
     assert said == ("ollana: no Ollama server on the LAN answered; tried gpu-box (10.0.0.2:11435): it answered, "
                     "but could not reach its own Ollama (is that Ollama running?)")
+
+
+def test_the_route_names_a_server_heard_on_both_families_by_ipv4_and_forgets_it_when_found() -> None:
+    from ollana.config import Endpoint
+    from ollana.discovery.peers import Change, ChangeKind, Peer, PeerTable, Source
+    from ollana.fleet.view import FleetView
+    from ollana.roles.client_route import ClientRoute
+
+    async def fetch(_p: Peer) -> None:
+        return None
+
+    now = [100.0]
+    route = ClientRoute(PeerTable(), FleetView(), lambda: now[0], 3.0, lambda: None, fetch, lambda _p: None)
+    route.other_mode("k1", "vm", Endpoint("10.0.0.1", 11435), "open")
+    route.other_mode("k1", "vm", Endpoint("fe80::1%eth0", 11435), "open")
+    [seen] = route.unusable()
+    assert (seen.name, seen.address, seen.why) == ("vm", "10.0.0.1:11435", Why.PLAIN)
+    gone = Peer("k2", Endpoint("10.0.0.2", 11435), Source.MULTICAST, 0, 0, 6.0, hostname="box")
+    route.note(Change(ChangeKind.REMOVED, gone))
+    now[0] += 125
+    assert [(s.name, s.why, s.when) for s in route.unusable()] == [("box", Why.GOODBYE, "2 min ago"), ("vm", Why.PLAIN, "")]
+    route.note(Change(ChangeKind.ADDED, gone))  # back: no longer named as gone
+    assert [s.name for s in route.unusable()] == ["vm"]
+    now[0] += 31 * 60  # remembered for 30 minutes
+    assert route.unusable() == []
