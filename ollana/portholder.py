@@ -35,11 +35,21 @@ def reachable(endpoint: Endpoint) -> Endpoint:
 
 
 async def who_holds(session: aiohttp.ClientSession, endpoint: Endpoint, timeout: float) -> Holder:
-    """Ask ``GET /api/version`` at the busy address, briefly; whatever goes wrong means OTHER."""
+    """Ask ``GET /api/version`` at the busy address, briefly, over HTTP, then over TLS (a server
+    ollana in trust mode devices answers that with a 403 carrying its mark); whatever goes wrong
+    means OTHER."""
+    holder = await _ask(session, f"http://{reachable(endpoint)}", timeout)
+    if holder.kind is Kind.OTHER:
+        holder = await _ask(session, f"https://{reachable(endpoint)}", timeout)
+    return holder
+
+
+async def _ask(session: aiohttp.ClientSession, base: str, timeout: float) -> Holder:
     try:
         async with session.get(
-            f"http://{reachable(endpoint)}/api/version", headers=OWN_REQUEST,
-            timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False,
+            base + "/api/version", headers=OWN_REQUEST, timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,
+            ssl=False,  # (https: only to see who answers; nothing secret is sent)
         ) as resp:
             if is_from_ollana(resp.headers):
                 return Holder(Kind.OLLANA)

@@ -6,12 +6,13 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import aiohttp
 import ollama
 import pytest
 
-from ollana.config import Endpoint, Mode
+from ollana.config import Endpoint, Mode, Trust
 from ollana.errors import StartupError
 from tests.fakeollama import FakeOllama
 from tests.integration.nodes import client_for, config, from_apps, running, server_for
@@ -110,7 +111,7 @@ async def test_busy_port_is_a_clear_startup_error() -> None:
         blocker.close()
 
 
-async def test_busy_port_blames_ollama_only_when_an_ollama_answers_there() -> None:
+async def test_busy_port_blames_ollama_only_when_an_ollama_answers_there(tmp_path: Path) -> None:
     fake = FakeOllama()
     async with fake.serve("127.0.0.1", 0) as base:
         port = int(base.rsplit(":", 1)[1])
@@ -129,6 +130,13 @@ async def test_busy_port_blames_ollama_only_when_an_ollama_answers_there() -> No
             taken = Endpoint("127.0.0.1", int(proxy.rsplit(":", 1)[1]))
             with pytest.raises(StartupError) as info:
                 async with running(config(Mode.CLIENT, listen=taken)):
+                    pass
+            assert f"cannot listen on {taken}: another ollana already listens there" in str(info.value)
+        # ... also when it serves TLS only (trust mode devices): its 403 carries the mark.
+        async with server_for(base, trust=Trust.DEVICES, state_dir=tmp_path) as proxy:
+            taken = Endpoint("127.0.0.1", int(proxy.rsplit(":", 1)[1]))
+            with pytest.raises(StartupError) as info:
+                async with running(config(Mode.SERVER, ollama_url=base, listen=taken)):
                     pass
             assert f"cannot listen on {taken}: another ollana already listens there" in str(info.value)
 
