@@ -13,7 +13,9 @@ import aiohttp
 import structlog
 
 from ollana.config import Config, Endpoint, Mode, Role, Trust
+from ollana.errors import PortBusy, StartupError
 from ollana.observe.upstream import connection_traces
+from ollana.portholder import busy_message, who_holds
 from ollana.proxy.headers import OWN_REQUEST, is_from_ollana
 from ollana.roles.both import run_both
 from ollana.roles.client import ClientNode
@@ -113,8 +115,15 @@ async def run(
         )
         rt = Runtime(config=config, node=node, session=session, clock=clock, devices=devices,
                      reload=reload or asyncio.Event())
-        if role is Role.BOTH:
-            await run_both(rt, shutdown, ready)
-            return
-        runner = ServerNode(rt) if role is Role.SERVER else ClientNode(rt)
-        await runner.run(shutdown, ready)
+        try:
+            if role is Role.BOTH:
+                await run_both(rt, shutdown, ready)
+                return
+            runner = ServerNode(rt) if role is Role.SERVER else ClientNode(rt)
+            await runner.run(shutdown, ready)
+        except PortBusy as exc:
+            # Blame what really holds the address: ask it, briefly, before saying who.
+            holder = await who_holds(session, exc.endpoint, config.timings.detect_timeout)
+            client_side = role is Role.CLIENT or (role is Role.BOTH and exc.endpoint == config.listen_for(Role.CLIENT))
+            side = Role.CLIENT if client_side else Role.SERVER
+            raise StartupError(busy_message(exc.endpoint, holder, side)) from exc

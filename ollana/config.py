@@ -203,12 +203,13 @@ def parse_endpoint(text: str, *, default_host: str = "0.0.0.0", default_port: in
     return Endpoint(host or default_host, port)
 
 
-def parse_ollama_host(value: str | None) -> str:
+def parse_ollama_host(value: str | None, *, strict: bool = False) -> str:
     """Turn an OLLAMA_HOST-style value into the base URL a client connects to.
 
     Follows Ollama's own rules (envconfig.Host + ConnectableHost): no scheme means http on 11434,
     an explicit http:// means port 80 and https:// port 443, a path is kept, an invalid port falls
-    back to the default, and an unspecified host means loopback.
+    back to the default, and an unspecified host means loopback. ``strict`` (``--ollama``, typed
+    for ollana alone): an invalid or out-of-range port is an error, not a quiet port 80.
     """
     raw = (value or "").strip().strip("\"'").strip()
     if not raw:
@@ -231,14 +232,25 @@ def parse_ollama_host(value: str | None) -> str:
         host = parts.hostname or ""
         port = parts.port or default_port
     except ValueError:
+        if strict:
+            raise ConfigError(f"invalid Ollama URL {value!r}: {_bad_port(hostport)}") from None
         # An invalid port falls back to the default, as in Ollama.
         host = parts.hostname or hostport.rsplit(":", 1)[0].strip("[]")
         port = default_port
+    if strict and parts.port == 0:
+        raise ConfigError(f"invalid Ollama URL {value!r}: {_bad_port(hostport)}")
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
     return f"{scheme}://{Endpoint(host, port)}{path}"
+
+
+def _bad_port(hostport: str) -> str:
+    text = hostport.rpartition("]")[2].rpartition(":")[2]
+    if not text.isdigit():
+        return f"port {text!r} is not a number"
+    return f"port {text} is out of range (1-65535)"
 
 
 def default_state_dir(env: Mapping[str, str], *, is_root: bool) -> Path:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (config imports this module)
+    from ollana.config import Endpoint
 
 
 class OllanaError(Exception):
@@ -15,6 +19,14 @@ class ConfigError(OllanaError):
 
 class StartupError(OllanaError):
     """ollana cannot start (port busy, no usable interface...): reported in one line, exit 1."""
+
+
+class PortBusy(StartupError):
+    """A listener's address is taken; ``app`` asks what holds it and says so (``portholder``)."""
+
+    def __init__(self, endpoint: Endpoint, message: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
 
 
 class UpstreamUnavailable(OllanaError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ollana.config import Endpoint
-from ollana.errors import StartupError
+from ollana.errors import PortBusy, StartupError
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -61,7 +61,7 @@ async def listening(
     except OSError as exc:
         await runner.cleanup()
         if exc.errno == errno.EADDRINUSE:
-            raise StartupError(f"cannot listen on {endpoint}: the port is already in use; {busy_hint}") from exc
+            raise PortBusy(endpoint, f"cannot listen on {endpoint}: the port is already in use; {busy_hint}") from exc
         raise StartupError(f"cannot listen on {endpoint}: {exc.strerror or exc}") from exc
     try:
         port = runner.addresses[0][1] if runner.addresses else endpoint.port

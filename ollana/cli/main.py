@@ -68,9 +68,13 @@ def _group(version: int) -> Callable[[click.Context, click.Parameter, str], str]
 
 def _peers(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> Any:
     try:
-        return tuple(parse_endpoint(v, default_port=11435) for v in values)
+        peers = tuple(parse_endpoint(v, default_port=11435) for v in values)
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
+    for text, endpoint in zip(values, peers, strict=True):
+        if endpoint.port == 0:
+            raise click.BadParameter(f"invalid address {text.strip()!r}: port 0 is not a server's port")
+    return peers
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -180,10 +184,12 @@ def build_config(opts: Mapping[str, Any], env: Mapping[str, str], *, is_root: bo
     if opts.get("advertise_ollama") and trust is not Trust.OPEN:
         raise click.UsageError("--advertise-ollama needs --trust open: an Ollama app that finds the server "
                                "by _ollama._tcp talks plain HTTP and cannot pair")
+    flag = opts.get("ollama")
     try:
-        ollama_url = parse_ollama_host(opts.get("ollama") or env.get("OLLAMA_HOST"))
+        # OLLAMA_HOST is read as Ollama reads it (a bad port means its default); --ollama strictly.
+        ollama_url = parse_ollama_host(flag or env.get("OLLAMA_HOST"), strict=bool(flag))
     except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--ollama' / OLLAMA_HOST") from None
+        raise click.BadParameter(str(exc), param_hint="'--ollama'" if flag else "OLLAMA_HOST") from None
     state_dir = opts.get("state_dir") or default_state_dir(env, is_root=is_root)
     timings = replace(Timings(), heartbeat_interval=float(opts.get("heartbeat_interval") or 2.0),
                       grace=float(opts.get("grace", 10.0)))
@@ -329,11 +335,26 @@ cli.add_command(doctor)
 cli.add_command(config_group(serve, build_config))
 
 
+def overview(ctx: click.Context) -> str:
+    """Usage and the command list of a group, without its long help."""
+    formatter = ctx.make_formatter()
+    ctx.command.format_usage(ctx, formatter)
+    if isinstance(ctx.command, click.Group):
+        ctx.command.format_commands(ctx, formatter)
+    formatter.write_paragraph()
+    formatter.write_text(f"See `{ctx.command_path} COMMAND --help` for a command's options.")
+    return formatter.getvalue().rstrip("\n")
+
+
 def main() -> None:
     try:
         code = cli.main(prog_name="ollana", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # `ollana` (or `ollana device`) alone asks what there is, as `git` alone does: not an error.
+        click.echo(overview(exc.ctx))
+        sys.exit(0)
     except click.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
         _fail(exc.format_message() + hint, exc.exit_code)

@@ -6,11 +6,12 @@ each chunk the upstream writes is written to the client as soon as it arrives.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import aiohttp
 import structlog
@@ -24,6 +25,9 @@ log = structlog.get_logger(__name__)
 
 NDJSON: Final = "application/x-ndjson"
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+# A request cut on purpose (a device disabled) is cancelled with this mark before its reason:
+# its stream then ends with an error line saying why, rather than breaking off.
+_CUT: Final = "ollana-cut: "
 # A response with a declared length up to this size is one JSON document nobody can use in part:
 # read it whole and answer in one write (headers and body) instead of three.
 SMALL_BODY: Final = 64 * 1024
@@ -45,6 +49,12 @@ class Target(NamedTuple):
     listed: bool = False
     # How answers from this target are marked (X-Ollana-Server), when the hop does not say it.
     mark: str | None = None
+    # How messages name it to people ("gpu-box went away mid-stream"); default: its URL.
+    name: str = ""
+
+    @property
+    def who(self) -> str:
+        return self.name or f"the Ollama at {self.base_url}"
 
     def url_for(self, raw_path: str) -> yarl.URL:
         # raw_path keeps the client's exact percent-encoding and query string.
@@ -103,6 +113,17 @@ class BodySource:
             yield chunk
 
 
+def cut(task: asyncio.Task[Any], reason: str) -> None:
+    """End a request in flight on purpose; ``reason`` is what its caller is told."""
+    task.cancel(_CUT + reason)
+
+
+def cut_reason(exc: asyncio.CancelledError) -> str | None:
+    """The reason of a cut; None for any other cancellation (a client gone, shutdown)."""
+    msg = exc.args[0] if exc.args else None
+    return msg[len(_CUT):] if isinstance(msg, str) and msg.startswith(_CUT) else None
+
+
 def refuse_non_origin_form(request: web.BaseRequest) -> tuple[int, str] | None:
     """ollana is a reverse proxy, not an open relay: only origin-form targets (``/path``)."""
     if request.method == "CONNECT":
@@ -155,13 +176,16 @@ def declared_length(upstream: aiohttp.ClientResponse) -> int | None:
 
 
 async def relay(
-    request: web.BaseRequest, upstream: aiohttp.ClientResponse, mark: tuple[str, str] | None = None
+    request: web.BaseRequest, upstream: aiohttp.ClientResponse, mark: tuple[str, str] | None = None,
+    who: str = "the upstream",
 ) -> Relayed:
     """Stream the upstream response to the client, chunk by chunk, as it arrives.
 
-    A stream the upstream breaks is never passed off as complete: an NDJSON stream gets a final
-    ``{"error": ...}`` line, as Ollama itself does; anything else has its connection aborted so
-    the client sees a truncated message rather than a short one. ``mark``: a header to add.
+    A stream the upstream breaks, or that is cut (``cut``), is never passed off as complete: an
+    NDJSON stream gets a final ``{"error": ...}`` line saying what happened, as Ollama itself
+    ends a failed stream; anything else has its connection aborted so the client sees a
+    truncated message rather than a short one. ``mark``: a header to add; ``who``: the
+    upstream's name for people.
     """
     declared = declared_length(upstream)
     if declared is not None and declared <= SMALL_BODY and request.method != "HEAD" and upstream.status >= 200:
@@ -190,12 +214,25 @@ async def relay(
         if isinstance(exc, aiohttp.ClientConnectionResetError) or request.transport is None or request.transport.is_closing():
             result.broken = "client disconnected"
             return result
-        result.broken = f"upstream broke the stream: {exc or type(exc).__name__}"
+        # (Never aiohttp's text, "TransferEncodingError: 400, message='Not enough data...'": the
+        # log line has it, the person reading the app's error wants what happened.)
+        log.info("upstream_broke_stream", upstream=who, error=str(exc) or type(exc).__name__)
+        result.broken = f"{who} went away mid-stream"
         await _signal_broken(request, upstream, out, result, ends_with_newline)
         return result
     except ConnectionResetError:
         upstream.close()
         result.broken = "client disconnected"
+        return result
+    except asyncio.CancelledError as exc:
+        upstream.close()
+        reason = cut_reason(exc)
+        task = asyncio.current_task()
+        if reason is None or not out.prepared or task is None:
+            raise  # not ours to end (client gone, shutdown), or nothing sent yet: the handler answers
+        task.uncancel()  # the cut is handled here: the answer ends with the reason
+        result.broken = reason
+        await _signal_broken(request, upstream, out, result, ends_with_newline)
         return result
     except BaseException:
         # Cancellation (client went away) included: closing, not releasing, the upstream

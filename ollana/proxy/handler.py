@@ -26,6 +26,7 @@ from ollana.proxy.forward import (
     SMALL_BODY,
     BodySource,
     Target,
+    cut_reason,
     declared_length,
     open_upstream,
     read_small,
@@ -123,7 +124,17 @@ class ProxyHandler:
             elif request.path.startswith(OWN_PREFIX):
                 response = await self._own(request)
             else:
-                response, target_key, sent, broken = await self._forward(request, trip)
+                try:
+                    response, target_key, sent, broken = await self._forward(request, trip)
+                except asyncio.CancelledError as exc:
+                    # Cut (a device disabled) before any byte of the answer: say so, in one error.
+                    broken = cut_reason(exc)
+                    task = asyncio.current_task()
+                    if broken is None or task is None:
+                        raise
+                    task.uncancel()
+                    response = error(request, 403, f"ollana: {broken}")
+                    response.force_close()
             status = response.status
             return response
         finally:
@@ -218,7 +229,7 @@ class ProxyHandler:
                     if small is not None:
                         answer = small_response(upstream, small, self._mark_for(target))
                         return answer.response, target.key, answer.body_bytes, None
-                relayed = await relay(request, upstream, self._mark_for(target))
+                relayed = await relay(request, upstream, self._mark_for(target), target.who)
                 return relayed.response, target.key, relayed.body_bytes, relayed.broken
             finally:
                 route.end(target, ask, status)

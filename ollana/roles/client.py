@@ -60,7 +60,7 @@ class ClientNode:
         )
         self._route = ClientRoute(self._table, self._view, rt.clock, rt.config.timings.no_peer_grace,
                                   self._probe, self._catalogs.fetch, self._announced, self._vetting, local,
-                                  routed=rt.metrics.routed)
+                                  routed=rt.metrics.routed, discovery=rt.config.discovery)
         self._listen = rt.config.listen_for(Role.CLIENT)
         self._check_now = asyncio.Event()
         # Peers to check at the next early wake-up (new, restarted, moved); None: every peer.
@@ -131,6 +131,7 @@ class ClientNode:
 
     def _apply(self, change: Change | None) -> None:
         log_change(change)
+        self._route.note(change)  # (what left is named in the 503)
         if change is None:
             return
         if change.kind in (ChangeKind.ADDED, ChangeKind.RESTARTED, ChangeKind.MOVED):
@@ -203,6 +204,7 @@ class ClientNode:
             self._announced(self._table.get(hb.node_id.hex()), hb.catalog_gen)
 
     def _trust_mismatch(self, hb: Heartbeat, source: str, now: float) -> None:
+        self._route.other_mode(hb.node_id.hex(), hb.hostname, Endpoint(source, hb.proxy_port), hb.trust)
         allowed, _ = self._mismatch.allow(hb.node_id.hex(), now)
         if not allowed:
             return

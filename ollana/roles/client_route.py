@@ -11,20 +11,30 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import structlog
 from aiohttp import web
 
-from ollana.discovery.peers import Change, ChangeKind, Peer, PeerTable, Source
+from ollana.config import Endpoint
+from ollana.discovery.links import preference
+from ollana.discovery.packet import TRUST_DEVICES
+from ollana.discovery.peers import BY_ADDRESS, Change, ChangeKind, Peer, PeerTable, Source
 from ollana.fleet.asks import Ask, Kind
 from ollana.fleet.catalog import SERVER_HEADER
 from ollana.fleet.view import FleetView
 from ollana.proxy.answers import error, json_response
 from ollana.proxy.forward import Target
+from ollana.proxy.forward import cut as cut_request
 from ollana.roles.local import LocalServer
+from ollana.roles.no_server import Unusable, Why, failure, no_answer, no_server
 
 log = structlog.get_logger(__name__)
+
+# Servers no longer in the table (gone, or heard in the other trust mode) are still named in the
+# 503 for this long, at most this many (the most recent).
+GONE_MEMORY: Final = 30 * 60.0
+MAX_GONE: Final = 64
 
 _MERGED = {Kind.TAGS: "tags", Kind.PS: "ps", Kind.MODELS: "models"}
 # What each list shows: the models, or the loaded ones.
@@ -45,7 +55,12 @@ def log_change(change: Change | None) -> None:
 def target_of(peer: Peer, tls: ssl.SSLContext | None = None, *, listed: bool = False) -> Target:
     # This machine's own Ollama (role both) is reached directly: mark its answers here.
     mark = peer.hostname if peer.source is Source.LOCAL else None
-    return Target(peer.key, peer.url, str(peer.endpoint), tls, listed, mark)
+    return Target(peer.key, peer.url, str(peer.endpoint), tls, listed, mark, display_name(peer))
+
+
+def display_name(peer: Peer) -> str:
+    """A server as people know it: its host name, else its address."""
+    return peer.hostname or str(peer.endpoint)
 
 
 class Policy(Protocol):
@@ -156,6 +171,7 @@ class ClientRoute:
         local: LocalServer | None = None,
         *,
         routed: Callable[[str], None] = lambda _why: None,
+        discovery: bool = True,
     ) -> None:
         self._table = table
         self._view = view
@@ -174,6 +190,11 @@ class ClientRoute:
         self.peer_added = asyncio.Event()
         # The request tasks in flight per peer, so that disabling a server cuts its streams.
         self._inflight: dict[str, set[asyncio.Task[Any]]] = {}
+        # For the 503 and 502 texts: whether discovery runs, servers that left the table (or were
+        # heard in the other trust mode) with when, and each server's last failed request.
+        self._discovery = discovery
+        self._gone: dict[str, tuple[Unusable, float, str]] = {}  # (what, when, its host)
+        self._failures: dict[str, str] = {}
 
     @property
     def replays(self) -> bool:
@@ -250,10 +271,13 @@ class ClientRoute:
             self._inflight.setdefault(target.key, set()).add(task)
 
     def cut(self, key: str) -> int:
-        """Cancel the requests in flight to a peer (it was disabled); returns how many."""
+        """End the requests in flight to a peer (it was disabled here); returns how many. Each
+        answer ends saying so (an error line in a stream, else a 403)."""
         tasks = self._inflight.pop(key, set())
+        peer = self._table.get(key)
+        name = display_name(peer) if peer is not None else key
         for task in tasks:
-            task.cancel()
+            cut_request(task, f"{name} was disabled on this device")
         return len(tasks)
 
     def end(self, target: Target, ask: Ask, status: int | None) -> None:
@@ -286,6 +310,9 @@ class ClientRoute:
             self._table.settle(target.key)  # the home server: requests without a model stay there
 
     def failed(self, target: Target, reason: str) -> None:
+        if len(self._failures) >= MAX_GONE and target.key not in self._failures:
+            self._failures.clear()  # bounded, whatever the keys
+        self._failures[target.key] = reason
         log.info("peer_request_failed", peer=target.key, reason=reason)
         log_change(self._table.mark_failed(target.key, self._clock()))
 
@@ -295,15 +322,69 @@ class ClientRoute:
         if peer is not None:
             self._fetch_soon(peer)
 
+    # -- why no server could be used --------------------------------------------------------
+
+    def note(self, change: Change | None) -> None:
+        """A table change, remembered for the 503: a discovered server that left, and why."""
+        if change is None:
+            return
+        peer = change.peer
+        if change.kind in (ChangeKind.ADDED, ChangeKind.RESTARTED, ChangeKind.MOVED):
+            self._gone.pop(peer.key, None)
+        elif change.kind in (ChangeKind.REMOVED, ChangeKind.EXPIRED) and peer.source not in (*BY_ADDRESS, Source.LOCAL):
+            why = Why.GOODBYE if change.kind is ChangeKind.REMOVED else Why.SILENT
+            self._remember(peer.key, Unusable(peer.hostname, str(peer.endpoint), why), peer.endpoint.host)
+        if change.kind in (ChangeKind.REMOVED, ChangeKind.EXPIRED):
+            self._failures.pop(peer.key, None)
+
+    def other_mode(self, key: str, hostname: str, endpoint: Endpoint, server_trust: str) -> None:
+        """A server was heard in the other trust mode: never used, named in the 503."""
+        why = Why.SPEAKS_TLS if server_trust == TRUST_DEVICES else Why.PLAIN
+        known = self._gone.get(key)
+        if known is not None and known[0].why is why and preference(known[2]) < preference(endpoint.host):
+            endpoint = Endpoint(known[2], endpoint.port)  # heard on both families: name it by IPv4
+        self._remember(key, Unusable(hostname, str(endpoint), why), endpoint.host)
+
+    def _remember(self, key: str, server: Unusable, host: str) -> None:
+        self._gone.pop(key, None)
+        while len(self._gone) >= MAX_GONE:
+            del self._gone[next(iter(self._gone))]  # the oldest news goes first
+        self._gone[key] = (server, self._clock(), host)
+
+    def _unusable(self, peer: Peer) -> Unusable:
+        named = peer.source in BY_ADDRESS
+        # Unusable under trust mode devices: genuine but not allowed here, or (named by address)
+        # its certificate, hence its device, still unknown.
+        why = Why.UNPAIRED if peer.device_id is not None else Why.NO_CERTIFICATE
+        return Unusable(peer.hostname, str(peer.endpoint), why, named)
+
+    def unusable(self) -> list[Unusable]:
+        """Every server known and not usable now, the table's first, then those remembered."""
+        now, policy = self._clock(), self._policy
+        known = [self._unusable(p) for p in self._table if not policy.usable(p)]
+        for key in [k for k, (_, at, _) in self._gone.items() if now - at > GONE_MEMORY]:
+            del self._gone[key]
+        for key, (server, at, _) in reversed(self._gone.items()):
+            if self._table.get(key) is None:
+                left = server.why in (Why.GOODBYE, Why.SILENT)
+                known.append(Unusable(server.name, server.address, server.why, when=_ago(now - at) if left else ""))
+        return known
+
     def unavailable(self, request: web.BaseRequest, tried: list[str]) -> web.Response:
-        if not tried:
-            hint = self._policy.unpaired_hint(list(self._table))
-            if hint is not None:
-                return error(request, 503, hint, not_forwarded=True)
-            return error(
-                request, 503,
-                f"no Ollama server found on the LAN (waited {self._grace:g} s for discovery); "
-                "run `ollana serve` on a machine with Ollama, or pass --peer HOST:PORT",
-                not_forwarded=True,
-            )
-        return error(request, 502, f"no Ollama server on the LAN answered (tried {', '.join(tried)})", not_forwarded=True)
+        if tried:
+            servers = []
+            for key in tried:
+                peer = self._table.get(key)
+                why, detail = failure(self._failures.get(key, ""))
+                name, address = (peer.hostname, str(peer.endpoint)) if peer is not None else ("", key)
+                servers.append(Unusable(name, address, why, peer is not None and peer.source in BY_ADDRESS, detail))
+            return error(request, 502, no_answer(servers), not_forwarded=True)
+        hint = self._policy.unpaired_hint(list(self._table))
+        text = no_server(self.unusable(), waited=self._grace, discovery=self._discovery, pair_hint=hint)
+        return error(request, 503, text, not_forwarded=True)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    return f"{seconds / 60:.0f} min ago"

@@ -51,7 +51,10 @@ def stop(pid_file: Path, *, timeout: float | None = None, poll: float = 0.05) ->
     try:
         if not is_held(fd):
             pid = parse_pid(read_fd(fd))
-            print(f"ollana is not running (the pid file {pid_file} is stale: pid {pid} no longer runs)")
+            if pid is None:
+                print(not_a_pid(pid_file))
+            else:
+                print(f"ollana is not running (the pid file {pid_file} is stale: pid {pid} no longer runs)")
             return EXIT_OK
         pid = _wait_for_pid(fd)
         if pid is None:
@@ -133,6 +136,11 @@ def own_tls(state: Mapping[str, Any]) -> ssl.SSLContext:
     return client_tls(pin, (cert, key))
 
 
+def not_a_pid(pid_file: Path) -> str:
+    """A pid file nobody holds that names no pid (empty, or garbage): no ollana wrote it as it is."""
+    return f"ollana is not running; the pid file {pid_file} does not hold a pid (garbage): remove it"
+
+
 def status(pid_file: Path, *, fetch: Fetch | None = None) -> int:
     """``ollana status``: print whether ollana runs and what it does; return an LSB status code."""
     try:
@@ -144,7 +152,10 @@ def status(pid_file: Path, *, fetch: Fetch | None = None) -> int:
         print(f"ollana is not running (no pid file {pid_file})")
         return EXIT_NOT_RUNNING
     if st.liveness is Liveness.DEAD:
-        print(f"ollana is not running, but its pid file {pid_file} remains (pid {st.pid} is gone)")
+        if st.pid is None:
+            print(not_a_pid(pid_file))
+        else:
+            print(f"ollana is not running, but its pid file {pid_file} remains (pid {st.pid} is gone)")
         return EXIT_DEAD
     state = read_state(pid_file)
     print(f"ollana is running: pid {st.pid}")

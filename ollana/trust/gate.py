@@ -4,19 +4,22 @@ The TLS listener's trust anchors are the allowed certificates (plus pending clie
 that introduced itself completes the handshake and is told, in a JSON 403, its device ID and the
 command that allows it). A client without a certificate may only introduce itself with the hello.
 Every request is checked against the allow list before anything is forwarded: an unknown client's
-request never reaches Ollama. When a device is disabled, its open connections are closed.
+request never reaches Ollama. When a device is disabled, its open connections are closed; a request
+in flight on one first ends saying so (an error line in a stream, else a 403).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
 
 from ollana.httpserver import Listener
 from ollana.proxy.answers import error, json_response
+from ollana.proxy.forward import cut
 from ollana.ratelimit import RateLimiter
 from ollana.trust.decisions import Refusal, anchors, hello_reply, must_cut, refusal
 from ollana.trust.devices import DeviceTrust
@@ -37,6 +40,8 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 # A refused device is logged once per this many seconds (a client retrying must not flood the log).
 REFUSAL_LOG_PERIOD: Final = 30.0
+# How long a cut request may take to say why before its connection is aborted anyway.
+CUT_PATIENCE: Final = 2.0
 
 
 class Gate:
@@ -54,6 +59,8 @@ class Gate:
         self._anchors_stale = False
         self._refusals = RateLimiter(REFUSAL_LOG_PERIOD)
         self._bad_hellos = RateLimiter(REFUSAL_LOG_PERIOD)
+        # The request each connection is serving (HTTP/1.1: one at a time), to cut it cleanly.
+        self._serving: dict[asyncio.BaseTransport, asyncio.Task[Any]] = {}
 
     def _anchors(self) -> list[str]:
         store = self._devices.store
@@ -71,8 +78,22 @@ class Gate:
         if refused is None:
             assert device_id is not None  # admitted devices presented a certificate
             self._devices.store.touch_last_seen(device_id, self._devices.wall())
-            return await self._inner(request)
+            return await self._serve(request, device_id)
         return self._refuse(request, device_id, refused)
+
+    async def _serve(self, request: web.BaseRequest, device_id: str) -> web.StreamResponse:
+        transport, task = request.transport, asyncio.current_task()
+        if transport is None or task is None:
+            return await self._inner(request)
+        self._serving[transport] = task
+        try:
+            response = await self._inner(request)
+        finally:
+            if self._serving.get(transport) is task:
+                del self._serving[transport]
+        if must_cut(self._devices.standing(device_id)):
+            response.force_close()  # disabled meanwhile: this answer is the connection's last
+        return response
 
     # -- refusals ----------------------------------------------------------------------------
 
@@ -133,13 +154,20 @@ class Gate:
             self.tls.update(self._anchors())
         if not allowed_changed or listener is None:
             return
-        cut: dict[str, int] = {}
+        counts: dict[str, int] = {}
         for transport in listener.transports():
             device_id = peer_device_id(transport.get_extra_info("ssl_object"))
             if device_id is not None and must_cut(self._devices.standing(device_id)):
-                # Aborting the connection cancels its handler, which closes the request to Ollama.
-                transport.abort()
-                cut[device_id] = cut.get(device_id, 0) + 1
-        for device_id, count in cut.items():
+                task = self._serving.get(transport)
+                if task is None:
+                    transport.abort()  # idle: nothing to say
+                else:
+                    # Cutting its request closes the request to Ollama; the answer ends with the
+                    # reason, and the connection closes after it.
+                    cut(task, f"this device was disabled on {self._hostname}")
+                    # Whatever the request was doing, the connection is gone soon regardless.
+                    asyncio.get_running_loop().call_later(CUT_PATIENCE, transport.abort)
+                counts[device_id] = counts.get(device_id, 0) + 1
+        for device_id, count in counts.items():
             log.warning("device_cut_off", device_id=grouped(device_id), connections=count)
 

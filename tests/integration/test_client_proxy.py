@@ -6,12 +6,13 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import aiohttp
 import ollama
 import pytest
 
-from ollana.config import Endpoint, Mode
+from ollana.config import Endpoint, Mode, Trust
 from ollana.errors import StartupError
 from tests.fakeollama import FakeOllama
 from tests.integration.nodes import client_for, config, from_apps, running, server_for
@@ -84,23 +85,60 @@ async def test_no_server_is_a_fast_json_503() -> None:
     async with running(config(Mode.CLIENT)) as ready, aiohttp.ClientSession() as s:
         async with s.get(f"http://{ready.listen}/api/tags") as r:
             assert r.status == 503
-            assert "no Ollama server found on the LAN" in (await r.json())["error"]
+            # Discovery is off here and no server is named: only --peer can help, and it says so.
+            assert (await r.json())["error"] == (
+                "ollana: no Ollama server: discovery is off (--no-discovery) and no server is named; "
+                "pass --peer HOST:PORT (or `ollana peer add HOST`)"
+            )
         async with s.get(f"http://{ready.listen}/ollana/v1/status") as r:
             st = await r.json()
             assert st["role"] == "client" and st["peers"] == []
 
 
 async def test_busy_port_is_a_clear_startup_error() -> None:
+    # Something that is not an Ollama holds the port (it accepts, never answers): name the port only.
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = blocker.sockets[0].getsockname()[1]
     try:
         with pytest.raises(StartupError) as info:
             async with running(config(Mode.CLIENT, listen=Endpoint("127.0.0.1", port))):
                 pass
-        assert f"127.0.0.1:{port}" in str(info.value) and "already in use" in str(info.value)
-        assert "Ollama" in str(info.value)
+        said = str(info.value)
+        assert said == (f"cannot listen on 127.0.0.1:{port}: 127.0.0.1:{port} is already in use by another program; "
+                        "choose another address with --listen")
+        assert "Ollama" not in said and "ollana" not in said
     finally:
         blocker.close()
+
+
+async def test_busy_port_blames_ollama_only_when_an_ollama_answers_there(tmp_path: Path) -> None:
+    fake = FakeOllama()
+    async with fake.serve("127.0.0.1", 0) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with pytest.raises(StartupError) as info:
+            async with running(config(Mode.CLIENT, listen=Endpoint("127.0.0.1", port))):
+                pass
+        said = str(info.value)
+        assert said.startswith(f"cannot listen on 127.0.0.1:{port}: an Ollama ")
+        assert "already listens there" in said and "ollana serve --mode server" in said
+        with pytest.raises(StartupError) as info:
+            async with running(config(Mode.SERVER, ollama_url=base, listen=Endpoint("127.0.0.1", port))):
+                pass
+        assert "an Ollama" in str(info.value) and "--mode server" not in str(info.value)
+        # Another ollana (its answers carry ollana's Via mark) is named as such.
+        async with server_for(base) as proxy:
+            taken = Endpoint("127.0.0.1", int(proxy.rsplit(":", 1)[1]))
+            with pytest.raises(StartupError) as info:
+                async with running(config(Mode.CLIENT, listen=taken)):
+                    pass
+            assert f"cannot listen on {taken}: another ollana already listens there" in str(info.value)
+        # ... also when it serves TLS only (trust mode devices): its 403 carries the mark.
+        async with server_for(base, trust=Trust.DEVICES, state_dir=tmp_path) as proxy:
+            taken = Endpoint("127.0.0.1", int(proxy.rsplit(":", 1)[1]))
+            with pytest.raises(StartupError) as info:
+                async with running(config(Mode.SERVER, ollama_url=base, listen=taken)):
+                    pass
+            assert f"cannot listen on {taken}: another ollana already listens there" in str(info.value)
 
 
 async def test_truncated_request_body_is_never_forwarded(two_servers: list[tuple[FakeOllama, str]]) -> None:
@@ -175,3 +213,41 @@ async def test_a_peer_that_is_this_node_is_a_508_then_dropped() -> None:
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the self peer was never dropped")
+
+
+async def test_a_server_gone_mid_stream_is_named_not_aiohttps_text() -> None:
+    # A "server" that starts an NDJSON stream, sends two lines and drops the connection (a machine
+    # switched off mid-answer): the app's stream ends with an error line saying so.
+    async def half_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        line = b'{"model":"llama3.2:1b","response":"a","done":false}\n'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"%x\r\n%s\r\n" % (len(line), line) * 2)
+        await writer.drain()
+        writer.transport.abort()
+
+    dying = await asyncio.start_server(half_answer, "127.0.0.1", 0)
+    port = dying.sockets[0].getsockname()[1]
+    try:
+        async with client_for(f"http://127.0.0.1:{port}") as client_url:
+            client = ollama.AsyncClient(host=client_url)
+            got = []
+            with pytest.raises(ollama.ResponseError) as info:
+                async for part in await client.generate(model="llama3.2:1b", prompt="x", stream=True):
+                    got.append(part.response)
+            assert got == ["a", "a"]
+            assert info.value.error == f"ollana: 127.0.0.1:{port} went away mid-stream"
+    finally:
+        dying.close()
+
+
+async def test_every_server_failing_is_a_502_naming_each_and_why() -> None:
+    dead = [free_port(), free_port()]
+    async with client_for(*(f"http://127.0.0.1:{p}" for p in dead)) as client_url, aiohttp.ClientSession() as s:
+        r = await s.post(client_url + "/api/generate", json={"model": "m", "prompt": "x"})
+        assert r.status == 502
+        said = (await r.json())["error"]
+    assert said.startswith("ollana: no Ollama server on the LAN answered; tried ")
+    for port in dead:
+        assert f"127.0.0.1:{port} [--peer]: unreachable: connection refused (nothing listens there)" in said
+    assert "Connect call failed" not in said

@@ -167,7 +167,7 @@ def test_startup_errors_reach_the_terminal(lab: Lab, files: Files, tmp_path: Pat
 
     busy = serve_d(a, files, "--mode", "client")
     assert busy.returncode == 1
-    assert "cannot listen on 127.0.0.1:11434: the port is already in use" in busy.stderr
+    assert "cannot listen on 127.0.0.1:11434: 127.0.0.1:11434 is already in use by another program" in busy.stderr
     assert not files.pid.exists()
     assert ollana(a, "status", "--pid-file", str(files.pid)).returncode == 3
     assert "startup_failed" in [e["event"] for e in files.events()]

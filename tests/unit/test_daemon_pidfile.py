@@ -147,6 +147,22 @@ def test_status_codes_without_a_running_ollana(tmp_path: Path, capsys: pytest.Ca
     assert f"pid {pid} is gone" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("garbage", ["", "not a pid\n", "-4\n", "\x00\x01"])
+def test_a_pid_file_with_garbage_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], garbage: str,
+) -> None:
+    path = tmp_path / "ollana.pid"
+    path.write_text(garbage)
+    said = f"the pid file {path} does not hold a pid (garbage): remove it"
+    assert control.status(path) == 1
+    out = capsys.readouterr().out
+    assert said in out and "None" not in out
+    assert control.stop(path) == 0
+    out = capsys.readouterr().out
+    assert said in out and "None" not in out
+    assert path.read_text() == garbage  # named, not removed
+
+
 def test_stop_without_a_running_ollana_succeeds_and_removes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "ollana.pid"
     assert control.stop(path) == 0

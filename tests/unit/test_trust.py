@@ -376,6 +376,22 @@ def test_cli_pairing_flow(tmp_path: Path, devs: list[Dev], run: Any) -> None:
     assert d["enabled"] is False
 
 
+def test_with_a_corrupt_key_only_show_stops(tmp_path: Path, devs: list[Dev], run: Any) -> None:
+    # What docs/security.md says: the commands that read only devices.json keep working.
+    sd = ["--state-dir", str(tmp_path)]
+    identity.load_or_create(tmp_path, "me")
+    pend(TrustStore.load(tmp_path), devs[0], kind=PeerKind.SERVER)
+    (tmp_path / "device.key").write_text("garbage")
+    shown = run("show", *sd)
+    assert shown.exit_code == 2 and "device.key" in shown.output
+    assert run("pending", *sd).exit_code == 0
+    allowed = run("allow", devs[0].id[:7], *sd)
+    assert allowed.exit_code == 0 and "Allowed" in allowed.output and "Pairing needs both sides" not in allowed.output
+    assert run("list", *sd).exit_code == 0
+    assert run("disable", devs[0].id[:7], *sd).exit_code == 0
+    assert (tmp_path / "device.key").read_text() == "garbage"  # nothing regenerated it
+
+
 def test_cli_errors_are_one_line_with_exit_2(tmp_path: Path, devs: list[Dev], run: Any) -> None:
     sd = ["--state-dir", str(tmp_path)]
     unknown = run("allow", devs[0].id, *sd)
