@@ -192,12 +192,15 @@ class Guard(asyncio.Protocol):
                 raw, self, ctx, server_side=True, ssl_handshake_timeout=self._shared.limits.head_timeout
             )
         except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
-            # start_tls closed the connection; connection_lost releases it.
+            # start_tls closed the connection, and the TLS layer tells its app protocol (us)
+            # nothing of a connection lost during the handshake: release it here.
             log.debug("tls_handshake_failed", source=self._source, error=str(exc) or type(exc).__name__)
+            self.connection_lost(exc)
             return
-        if tls is None or self._transport is not None or not self._admitted:
-            return
-        self._attach(tls)
+        if tls is None:  # lost during the handshake without an error (aborted)
+            self.connection_lost(None)
+        elif self._admitted and self._transport is None:
+            self._attach(tls)
 
     def _attach(self, transport: asyncio.Transport) -> None:
         self._transport = transport

@@ -60,8 +60,8 @@ class Refusal(Enum):
 def effective_total(wanted: int, nofile: int) -> int:
     """The total cap a listener can keep with ``nofile`` descriptors: every proxied connection
     may need an upstream one too, and role both runs two listeners, so a quarter of what is left
-    after the reserve each (at least 16)."""
-    return max(16, min(wanted, (nofile - FD_RESERVE) // 4))
+    after the reserve each (at least 16, whatever the limit)."""
+    return min(wanted, max(16, (nofile - FD_RESERVE) // 4))
 
 
 def is_loopback(host: str) -> bool:

@@ -28,10 +28,15 @@ class Listener:
 
     endpoint: Endpoint
     _server: web.Server
+    _counts: ConnCounts | None = None
 
     def transports(self) -> list[asyncio.Transport]:
         """The transports of the connections open right now (to close some of them)."""
         return [h.transport for h in self._server.connections if h.transport is not None]
+
+    def open_connections(self) -> int:
+        """Connections counted against the caps now (handshakes and half-sent heads included)."""
+        return self._counts.count if self._counts is not None else len(self._server.connections)
 
 
 class _GuardedServer(web.Server):
@@ -98,7 +103,7 @@ async def listening(
         raise StartupError(f"cannot listen on {endpoint}: {exc.strerror or exc}") from exc
     try:
         port = runner.addresses[0][1] if runner.addresses else endpoint.port
-        yield Listener(Endpoint(endpoint.host, port), server)
+        yield Listener(Endpoint(endpoint.host, port), server, counts)
     finally:
         try:
             await runner.cleanup()
