@@ -15,19 +15,19 @@ import asyncio
 import json
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from ollana.connlimits import ConnCounts, ConnLimits, Phase, Refusal, Verdict, check
+from ollana.conntransport import GuardedTransport
 from ollana.ratelimit import RateLimiter
 
 log = structlog.get_logger(__name__)
 
 LOG_PERIOD: Final = 60.0  # one log line per source and kind of event per minute
-_CONTINUE: Final = b"HTTP/1.1 100"
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -61,72 +61,6 @@ class Shared:
             guard.abort()
 
 
-class GuardedTransport(asyncio.Transport):
-    """The transport aiohttp's protocol writes to: tells the guard whether a response began
-    and whether aiohttp paused reading (then a quiet body is not the client's fault)."""
-
-    __slots__ = ("_guard", "_t")
-
-    def __init__(self, transport: asyncio.Transport, guard: Guard) -> None:
-        super().__init__()
-        self._t = transport
-        self._guard = guard
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        guard = self._guard
-        if not guard.responded and bytes(data[:12]) != _CONTINUE:
-            guard.responded = True
-        self._t.write(data)
-
-    def writelines(self, list_of_data: Any) -> None:
-        self._guard.responded = True
-        self._t.writelines(list_of_data)
-
-    def pause_reading(self) -> None:
-        self._guard.reading_paused = True
-        self._t.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._guard.resumed()
-        self._t.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self._t.is_reading()
-
-    def write_eof(self) -> None:
-        self._t.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return self._t.can_write_eof()
-
-    def abort(self) -> None:
-        self._t.abort()
-
-    def close(self) -> None:
-        self._t.close()
-
-    def is_closing(self) -> bool:
-        return self._t.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._t.get_extra_info(name, default)
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._t.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._t.get_write_buffer_size()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._t.get_write_buffer_limits()
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._t.set_protocol(protocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._t.get_protocol()
-
-
 class Guard(asyncio.Protocol):
     """One connection: admitted or refused, then timed; everything else goes to aiohttp."""
 
@@ -149,13 +83,16 @@ class Guard(asyncio.Protocol):
         # What the TLS layer delivered before start_tls returned to us (a request sent right
         # after the handshake); handed to aiohttp once attached.
         self._early: list[bytes] = []
+        self._raw_early: list[bytes] = []
+        self._tls_took_over = False
         self.responded = False
         self.reading_paused = False
 
     # --- transport events -------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # (uvloop's transports are not asyncio.Transport subclasses, but have its methods.)
+        transport = cast(asyncio.Transport, base)
         shared = self._shared
         if self._raw is not None:
             return  # the TLS layer's call, made by us in _handshake: already counted
@@ -174,7 +111,8 @@ class Guard(asyncio.Protocol):
         if shared.tls is None:
             self._attach(transport)
         else:
-            # Not one byte before start_tls took the transport (it pauses again itself).
+            # Bytes that come before start_tls took the transport (uvloop starts reading right
+            # after this call, whatever we ask) are kept for the TLS layer: _hand_over.
             transport.pause_reading()
             # One task per handshake, like aiohttp's task per connection; kept here and
             # cancelled when the connection goes.
@@ -187,6 +125,9 @@ class Guard(asyncio.Protocol):
         transport.abort()
 
     async def _handshake(self, raw: asyncio.Transport, ctx: ssl.SSLContext) -> None:
+        # Runs after start_tls set its TLS protocol on the transport, before that protocol
+        # starts its handshake (both loops queue that after this).
+        self._loop.call_soon(self._hand_over, raw)
         try:
             tls = await self._loop.start_tls(
                 raw, self, ctx, server_side=True, ssl_handshake_timeout=self._shared.limits.head_timeout
@@ -202,6 +143,25 @@ class Guard(asyncio.Protocol):
         elif self._admitted and self._transport is None:
             self._attach(tls)
 
+    def _hand_over(self, raw: asyncio.Transport) -> None:
+        """Give the TLS layer the bytes we read for it (a ClientHello) before it took over; it
+        keeps them for its handshake (BufferedProtocol's public calls)."""
+        self._tls_took_over = True
+        pending, self._raw_early = self._raw_early, []
+        proto = raw.get_protocol()
+        # (uvloop's TLS protocol is no asyncio.BufferedProtocol subclass; it has its methods.)
+        if proto is self or not hasattr(proto, "buffer_updated"):
+            return
+        tls_layer = cast(asyncio.BufferedProtocol, proto)
+        for data in pending:
+            view = memoryview(data)
+            while view:
+                buf = memoryview(tls_layer.get_buffer(len(view)))
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                tls_layer.buffer_updated(n)
+                view = view[n:]
+
     def _attach(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._inner = inner = self._shared.inner()
@@ -213,8 +173,14 @@ class Guard(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         inner = self._inner
         if inner is None:
-            if self._admitted:
+            if not self._admitted:
+                return
+            if self._tls_took_over:  # from the TLS layer: a request sent right after the handshake
                 self._early.append(data)
+            else:  # from the socket, meant for the TLS layer
+                self._raw_early.append(data)
+                if self._raw is not None:
+                    self._raw.pause_reading()  # start_tls resumes it for its TLS layer
             return
         self._last_byte = now = self._loop.time()
         phase = self._phase
@@ -365,7 +331,7 @@ def guarded(handler: Handler) -> Handler:
         transport = request.transport
         if not isinstance(transport, GuardedTransport):
             return await handler(request)
-        guard = transport._guard
+        guard = transport.watcher
         guard.request_started(request)
         try:
             return await handler(request)

@@ -5,15 +5,19 @@ body turning to garbage, the caps per source and in total; over plain HTTP and o
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import web
 from structlog.testing import capture_logs
 
@@ -42,6 +46,22 @@ async def app_handler(request: web.BaseRequest) -> web.StreamResponse:
         return resp
     body = await request.read()
     return web.json_response({"bytes": len(body)})
+
+
+def both_loops(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on asyncio's loop and on uvloop's (`ollana serve` runs on uvloop,
+    whose transports and TLS layer behave differently): a plain test, parametrized."""
+
+    @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+    @functools.wraps(test)
+    def run(*args: Any, loop: str, **kwargs: Any) -> None:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop if loop == "uvloop" else None) as runner:
+            runner.run(test(*args, **kwargs))
+
+    sig = inspect.signature(test)
+    extra = inspect.Parameter("loop", inspect.Parameter.KEYWORD_ONLY)
+    run.__signature__ = sig.replace(parameters=[*sig.parameters.values(), extra])  # type: ignore[attr-defined]
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +139,7 @@ modes = pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 
 
 @modes
+@both_loops
 async def test_silent_connection_is_freed_at_the_head_deadline(ids: dict[str, Identity], tls: bool) -> None:
     async with serving(ids, tls, SMALL) as target:
         # TLS: a TCP connection that never starts its handshake.
@@ -132,6 +153,7 @@ async def test_silent_connection_is_freed_at_the_head_deadline(ids: dict[str, Id
         await target.until_open(0)
 
 
+@both_loops
 async def test_tls_handshake_without_a_request_is_freed(ids: dict[str, Identity]) -> None:
     """A finished handshake without a certificate held a connection for an hour before."""
     async with serving(ids, True, SMALL) as target:
@@ -144,6 +166,7 @@ async def test_tls_handshake_without_a_request_is_freed(ids: dict[str, Identity]
 
 
 @modes
+@both_loops
 async def test_half_sent_head_gets_408_json(ids: dict[str, Identity], tls: bool) -> None:
     async with serving(ids, tls, SMALL) as target:
         status, body = await request(target, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Le")
@@ -152,6 +175,7 @@ async def test_half_sent_head_gets_408_json(ids: dict[str, Identity], tls: bool)
 
 
 @modes
+@both_loops
 async def test_idle_keep_alive_connection_is_closed(ids: dict[str, Identity], tls: bool) -> None:
     async with serving(ids, tls, SMALL) as target:
         reader, writer = await target.connect()
@@ -166,6 +190,7 @@ async def test_idle_keep_alive_connection_is_closed(ids: dict[str, Identity], tl
 
 
 @modes
+@both_loops
 async def test_stalled_body_gets_408_json(ids: dict[str, Identity], tls: bool) -> None:
     async with serving(ids, tls, SMALL) as target:
         status, body = await request(target, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
@@ -174,6 +199,7 @@ async def test_stalled_body_gets_408_json(ids: dict[str, Identity], tls: bool) -
 
 
 @modes
+@both_loops
 async def test_chunked_body_turning_to_garbage_gets_400_not_a_hang(ids: dict[str, Identity], tls: bool) -> None:
     """The reported aiohttp hang: the garbage comes 0.3 s after the head (with the head it was
     a 400 already). The body deadline is far away here: the 400 must not wait for it."""
@@ -191,6 +217,7 @@ async def test_chunked_body_turning_to_garbage_gets_400_not_a_hang(ids: dict[str
 
 
 @modes
+@both_loops
 async def test_upload_that_keeps_sending_and_long_answer_are_not_cut(ids: dict[str, Identity], tls: bool) -> None:
     async with serving(ids, tls, SMALL) as target:
         # A body dribbled for 4 body deadlines, a chunk every 0.1 s.
@@ -210,6 +237,7 @@ async def test_upload_that_keeps_sending_and_long_answer_are_not_cut(ids: dict[s
 
 
 @modes
+@both_loops
 async def test_per_source_cap_refuses_with_a_close_and_others_still_get_in(
     ids: dict[str, Identity], tls: bool
 ) -> None:
@@ -236,6 +264,7 @@ async def test_per_source_cap_refuses_with_a_close_and_others_still_get_in(
 
 
 @modes
+@both_loops
 async def test_total_cap_refuses_with_a_close(ids: dict[str, Identity], tls: bool) -> None:
     limits = ConnLimits(head_timeout=30.0, total=3)
     async with serving(ids, tls, limits) as target:
@@ -251,6 +280,7 @@ async def test_total_cap_refuses_with_a_close(ids: dict[str, Identity], tls: boo
             writer.close()
 
 
+@both_loops
 async def test_loopback_listener_caps_only_the_total(ids: dict[str, Identity]) -> None:
     """Every local app is 127.0.0.1: a per-source cap there would be the total cap."""
     async with serving(ids, False, ConnLimits(head_timeout=30.0, per_source=2, total=64)) as target:
@@ -261,6 +291,7 @@ async def test_loopback_listener_caps_only_the_total(ids: dict[str, Identity]) -
             writer.close()
 
 
+@both_loops
 async def test_server_proxy_answers_garbage_body_400_and_keeps_serving(tmp_path: Path) -> None:
     """The same through a real server node (in front of the fake Ollama)."""
     async with FakeOllama().serve("127.0.0.1", 0) as base, server_for(
