@@ -78,6 +78,7 @@ class Guard(asyncio.Protocol):
         self._phase = Phase.HEAD
         self._head_since = 0.0
         self._head_bytes = False
+        self._next_head_at = 0.0  # when bytes of a pipelined next request came (0: none)
         self._last_byte = 0.0
         self._request: web.BaseRequest | None = None
         # What the TLS layer delivered before start_tls returned to us (a request sent right
@@ -184,16 +185,20 @@ class Guard(asyncio.Protocol):
             return
         self._last_byte = now = self._loop.time()
         phase = self._phase
+        request = self._request
         if phase is Phase.IDLE:
             self._phase = Phase.HEAD
             self._head_since = now
             self._head_bytes = True
-            if self._timer is None:
-                self._arm(now + self._shared.limits.head_timeout)
+            self._arm(now + self._shared.limits.head_timeout)
         elif phase is Phase.HEAD:
             self._head_bytes = True
+        elif request is not None and not self._next_head_at and request.content.is_eof():
+            # This request's body is complete: these bytes begin the next request (pipelined),
+            # whose head deadline runs from now. (Bytes of a next head that came in one read
+            # with this request's end are not seen here: that head waits the idle timeout.)
+            self._next_head_at = now
         inner.data_received(data)
-        request = self._request
         if (
             request is not None
             and not request.content.is_eof()
@@ -245,21 +250,27 @@ class Guard(asyncio.Protocol):
         self._phase = Phase.HANDLING
         self._request = request
         self.responded = False
-        if self._timer is None and not request.content.is_eof():
+        self._next_head_at = 0.0
+        if not request.content.is_eof():
             self._arm(self._last_byte + self._shared.limits.body_timeout)
 
     def request_ended(self) -> None:
-        self._phase = Phase.IDLE
         self._request = None
-        self._head_bytes = False
+        if self._next_head_at:  # part of the next request came already: its head is timed
+            self._phase = Phase.HEAD
+            self._head_since = self._next_head_at
+            self._head_bytes = True
+            self._arm(self._next_head_at + self._shared.limits.head_timeout)
+        else:
+            self._phase = Phase.IDLE
+            self._head_bytes = False
 
     def resumed(self) -> None:
         self.reading_paused = False
         if self._phase is Phase.HANDLING:
             # The quiet time while ollana was not reading is not the client's.
             self._last_byte = now = self._loop.time()
-            if self._timer is None:
-                self._arm(now + self._shared.limits.body_timeout)
+            self._arm(now + self._shared.limits.body_timeout)
 
     # --- deadlines ----------------------------------------------------------------------
 
