@@ -139,7 +139,9 @@ class Guard(asyncio.Protocol):
             log.debug("tls_handshake_failed", source=self._source, error=str(exc) or type(exc).__name__)
             self.connection_lost(exc)
             return
-        if tls is None:  # lost during the handshake without an error (aborted)
+        if tls is None or tls.is_closing():
+            # Lost during the handshake without an error (aborted): asyncio returns no
+            # transport, uvloop a closed one.
             self.connection_lost(None)
         elif self._admitted and self._transport is None:
             self._attach(tls)
@@ -303,6 +305,8 @@ class Guard(asyncio.Protocol):
                 self._answer(408, "request head not received in time")
             else:
                 self.abort()  # nothing asked (or the TLS handshake never finished): just go
+                if self._transport is None:
+                    self.connection_lost(None)  # the TLS layer tells us nothing of it
         elif verdict is Verdict.BODY_TIMEOUT:
             self._shared.note("connection_timeout", self._source, phase="body")
             self._answer(408, "request body stopped arriving")
