@@ -101,6 +101,10 @@ class ConnCounts:
         per_source = limits.per_source
         if loopback_listener and not limits.cap_loopback_sources:
             per_source = None
+        elif per_source is not None:
+            # One source never takes more than half of what the descriptors allow: with a low
+            # limit (ulimit -n 200 gives a total of 34) others still get in.
+            per_source = min(per_source, max(1, total // 2))
         self._per_source = per_source
         self._open: dict[str, int] = {}
         self.count = 0

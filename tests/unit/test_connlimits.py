@@ -42,19 +42,27 @@ def test_nothing_is_timed_once_the_body_is_complete_or_while_ollana_is_not_readi
 
 
 def test_caps_per_source_and_in_total() -> None:
-    counts = ConnCounts(L, total=3, loopback_listener=False)
+    counts = ConnCounts(L, total=4, loopback_listener=False)
     assert counts.admit("10.0.0.1") is None
     assert counts.admit("10.0.0.1") is None
     assert counts.admit("10.0.0.1") is Refusal.PER_SOURCE
     assert counts.admit("10.0.0.2") is None
+    assert counts.admit("10.0.0.2") is None
     assert counts.admit("10.0.0.3") is Refusal.TOTAL
-    assert counts.count == 3
+    assert counts.count == 4
     counts.release("10.0.0.1")
     assert counts.held("10.0.0.1") == 1
     assert counts.admit("10.0.0.3") is None
-    for source in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+    for source in ("10.0.0.1", "10.0.0.2", "10.0.0.2", "10.0.0.3"):
         counts.release(source)
-    assert counts.count == 0 and counts.held("10.0.0.1") == 0
+    assert counts.count == 0 and counts.held("10.0.0.1") == 0 and counts.held("10.0.0.2") == 0
+
+
+def test_one_source_gets_at_most_half_of_a_small_total() -> None:
+    counts = ConnCounts(ConnLimits(per_source=512), total=effective_total(4096, 200), loopback_listener=False)
+    admitted = [counts.admit("10.0.0.9") for _ in range(40)]
+    assert admitted.count(None) == 17 and admitted[17] is Refusal.PER_SOURCE
+    assert counts.admit("10.0.0.1") is None
 
 
 def test_a_loopback_listener_caps_only_the_total() -> None:
