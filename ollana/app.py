@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import secrets
 import socket
 import time
@@ -78,6 +79,21 @@ def address_free(endpoint: Endpoint) -> bool:
     return True
 
 
+def raise_fd_limit() -> None:
+    """Raise the descriptor soft limit to the hard one: every connection costs one (two when
+    proxied), and the listeners' caps are sized from it (``connlimits.effective_total``)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == hard:
+        log.debug("fd_limit", soft=soft, hard=hard, raised=False)
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        log.debug("fd_limit", soft=soft, hard=hard, raised=False, error=str(exc))
+        return
+    log.debug("fd_limit", soft=hard, hard=hard, was=soft, raised=True)
+
+
 async def run(
     config: Config,
     shutdown: asyncio.Event,
@@ -90,6 +106,7 @@ async def run(
     at once instead of at the next poll. ``files``: its pid and log file, named in its runtime
     record. Raises StartupError if it cannot start, ConfigError if its state (identity, trust
     store) is unusable."""
+    raise_fd_limit()
     hostname = Node.local_hostname()
     node_id = load_node_id(config.state_dir)
     devices = DeviceTrust.load(config.state_dir, hostname) if config.trust is Trust.DEVICES else None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from ollana.connlimits import ConnLimits
 from ollana.errors import ConfigError
 
 OLLAMA_DEFAULT_PORT: Final = 11434
@@ -134,6 +135,8 @@ class Config:
     # Server: requests one loaded model serves at once (OLLAMA_NUM_PARALLEL), for routing.
     parallel: int = 1
     timings: Timings = field(default_factory=Timings)
+    # Deadlines and caps of the listeners' connections (connections that never finish).
+    conn_limits: ConnLimits = field(default_factory=ConnLimits)
 
     def listen_for(self, role: Role) -> Endpoint:
         if self.listen is not None:

@@ -101,7 +101,7 @@ class ClientNode:
             "an Ollama (or another ollana) is probably already running on this machine; "
             "use `ollana serve --mode server` there, or choose another address with --listen"
         )
-        async with listening(handler, self._listen, grace=cfg.timings.grace, busy_hint=busy) as listener:
+        async with listening(handler, self._listen, grace=cfg.timings.grace, busy_hint=busy, limits=cfg.conn_limits) as listener:
             bound = self._listen = listener.endpoint
             self._discovery = await Discovery.started(
                 cfg, self._rt.node.instance_id, self._rt.clock, self._on_packet, self._on_links

@@ -157,7 +157,7 @@ class ServerNode:
         log.info("ollama_checked", upstream=cfg.ollama_url, up=self._health.up, version=self._health.version or None)
         busy = f"another program (perhaps another ollana) uses port {self._listen.port}; choose another with --listen"
         tls = self._gate.tls.context if self._gate is not None else None
-        async with listening(served, self._listen, grace=cfg.timings.grace, busy_hint=busy, ssl_context=tls) as listener:
+        async with listening(served, self._listen, grace=cfg.timings.grace, busy_hint=busy, ssl_context=tls, limits=cfg.conn_limits) as listener:
             self._listener = listener
             bound = self._listen = listener.endpoint
             self._discovery = await Discovery.started(
