@@ -39,7 +39,7 @@ from ollana.config import (
 )
 from ollana.configfile import GRACE_RANGE, HEARTBEAT_RANGE, PARALLEL_RANGE, PORT_RANGE, as_options
 from ollana.errors import ConfigError, StartupError, print_error
-from ollana.service import control, daemon, pidfile
+from ollana.service import control, daemon, hardstop, pidfile
 from ollana.service.record import NO_FILES, NodeFiles
 
 if TYPE_CHECKING:  # runtime imports aiohttp: keep `ollana status` and `stop` quick to start
@@ -232,8 +232,14 @@ def run_node(
     async def main() -> None:
         shutdown, reload = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
+        hard_stop = hardstop.HardStop.after_grace(config.timings.grace, loop)
+
+        def stop() -> None:
+            shutdown.set()
+            hard_stop.arm()  # never disarmed: the process ends on its own first, or by it
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, shutdown.set)
+            loop.add_signal_handler(sig, stop)
 
         def hangup() -> None:
             on_hangup()

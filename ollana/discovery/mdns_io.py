@@ -10,7 +10,6 @@ a warning: discovery by heartbeats goes on without it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from ollana.discovery.mdns import (
 from ollana.discovery.packet import Heartbeat
 from ollana.discovery.peers import Change, PeerTable, Source
 from ollana.ratelimit import RateLimiter
+from ollana.waits import wait_set
 
 if TYPE_CHECKING:
     from ollana.runtime import Runtime
@@ -184,8 +184,7 @@ class MdnsAdvertiser:
                 if await self._zc.ensure():
                     self._registered.clear()  # withdrawn with the zeroconf they were made on
                 wait = await self._reconcile() if self._zc.zc is not None else self._interval
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._poked.wait(), min(wait, self._interval))
+                await wait_set(self._poked, min(wait, self._interval))
         finally:
             await self._zc.close()  # goodbyes for every registration
 

@@ -10,7 +10,6 @@ used only if that device is paired here, exactly like a heartbeat's claim.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Final
 
@@ -30,6 +29,7 @@ from ollana.discovery.peers import Change, ChangeKind, PeerTable, Source
 from ollana.discovery.saved import SavedPeersFile
 from ollana.runtime import Runtime
 from ollana.trust.vetting import ServerVetting
+from ollana.waits import wait_set
 
 log = structlog.get_logger(__name__)
 
@@ -86,8 +86,7 @@ class SavedSync:
         """Trust mode open has no trust store poll to ride on: poll every ``period`` seconds, or
         at once when ``wake`` is set (SIGHUP)."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), period)
+            await wait_set(wake, period)
             wake.clear()
             self.poll()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import ssl
 import time
@@ -37,6 +36,7 @@ from ollana.runtime import Ready, Runtime
 from ollana.trust.identity import id_from_bytes
 from ollana.trust.tls import PeerIdentityMismatch, check_peer, fetch_peer_cert
 from ollana.trust.vetting import ServerVetting
+from ollana.waits import wait_set
 
 log = structlog.get_logger(__name__)
 
@@ -288,8 +288,7 @@ class ClientNode:
                 for peer, result in zip(peers, results, strict=True):
                     if isinstance(result, Exception):  # a peer's answers must never stop the checks
                         log.error("peer_check_crashed", peer=peer.key, error=repr(result))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._check_now.wait(), max(0.0, last_round + interval - self._rt.clock()))
+            await wait_set(self._check_now, last_round + interval - self._rt.clock())
 
     async def _check(self, peer: Peer, timeout: aiohttp.ClientTimeout) -> None:
         local = self._local

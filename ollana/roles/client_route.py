@@ -7,7 +7,6 @@ client's state between them and turns decisions into targets.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ from ollana.proxy.forward import Target
 from ollana.proxy.forward import cut as cut_request
 from ollana.roles.local import LocalServer
 from ollana.roles.no_server import Unusable, Why, failure, no_answer, no_server
+from ollana.waits import wait_set
 
 log = structlog.get_logger(__name__)
 
@@ -208,8 +208,7 @@ class ClientRoute:
     async def answer(self, request: web.BaseRequest, ask: Ask) -> web.StreamResponse | None:
         if not len(self._table):
             self._probe()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.peer_added.wait(), self._grace)
+            await wait_set(self.peer_added, self._grace)
         peers = self.usable()
         if not peers:
             return self.unavailable(request, [])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -41,6 +40,7 @@ from ollana.roles.local import LocalServer
 from ollana.runtime import Ready, Runtime
 from ollana.trust.gate import Gate
 from ollana.trust.identity import id_to_bytes, short
+from ollana.waits import wait_set
 
 log = structlog.get_logger(__name__)
 
@@ -299,8 +299,7 @@ class ServerNode:
             if self._mdns is not None:
                 self._mdns.poke()  # registered while announcing, withdrawn with the goodbye
             self._health.poked.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._health.poked.wait(), timings.heartbeat_interval)
+            await wait_set(self._health.poked, timings.heartbeat_interval)
 
     # -- ollana's own endpoints -----------------------------------------------------------
 

@@ -8,7 +8,6 @@ stat per poll) and reacts to changes of the allowed set within one period. Both 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from ollana.trust import identity as ident
 from ollana.trust.decisions import Standing, standing
 from ollana.trust.identity import Identity
 from ollana.trust.store import TrustStore
+from ollana.waits import wait_set
 
 log = structlog.get_logger(__name__)
 
@@ -64,8 +64,7 @@ class DeviceTrust:
         ``on_tick(changed)`` after each poll, where ``changed`` says whether the allowed set changed."""
         wake = wake or asyncio.Event()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), period)
+            await wait_set(wake, period)
             if wake.is_set():
                 wake.clear()
                 log.info("trust_reload_requested")

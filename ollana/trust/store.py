@@ -63,6 +63,10 @@ class TrustStoreError(ConfigError):
     """devices.json cannot be read, parsed or written."""
 
 
+class _LockBusy(Exception):
+    """Another writer holds the lock: the node's own write waits for its next poll."""
+
+
 # (st_mtime_ns, st_ino, st_size) of devices.json; None when the file does not exist.
 _Signature = tuple[int, int, int] | None
 
@@ -229,7 +233,11 @@ class TrustStore:
         written = [*self._unsaved_seen, *self._unsaved_pending]
         self._last_write = now
         try:
-            self._mutate(lambda _a, _p: None)
+            # In the event loop: never wait for the lock (a CLI command may hold it), try again later.
+            self._mutate(lambda _a, _p: None, wait=False)
+        except _LockBusy:
+            log.debug("trust_store_busy", path=str(self.path))
+            return False
         except TrustStoreError as exc:
             # The node keeps running on what it has in memory and retries, less often.
             log.warning("trust_store_write_failed", path=str(self.path), error=str(exc))
@@ -242,13 +250,14 @@ class TrustStore:
             self._persisted_at[device_id] = now
         return True
 
-    def _mutate(self, change: Callable[[Allowed, Pending], T]) -> T:
-        """Under the lock: read the file fresh, apply what is unsaved and ``change``, write it."""
+    def _mutate(self, change: Callable[[Allowed, Pending], T], *, wait: bool = True) -> T:
+        """Under the lock: read the file fresh, apply what is unsaved and ``change``, write it.
+        ``wait=False``: _LockBusy at once when another writer holds the lock."""
         try:
             private_dir(self.path.parent)
         except OSError as exc:
             raise TrustStoreError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
-        with self._locked():
+        with self._locked(wait):
             _signature, allowed, pending = self._read_disk()
             allowed, pending = self._with_unsaved(allowed, pending)
             result = change(allowed, pending)
@@ -260,13 +269,16 @@ class TrustStore:
         return result
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, wait: bool) -> Iterator[None]:
         try:
             fd = open_lock(self._lock_path)
         except OSError as exc:
             raise TrustStoreError(f"cannot open {self._lock_path}: {exc.strerror}") from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _LockBusy from None
             yield
         finally:
             os.close(fd)  # releases the lock
