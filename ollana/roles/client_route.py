@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
-from ollana.discovery.peers import Change, ChangeKind, Peer, PeerTable, Source
+from ollana.discovery.peers import Change, ChangeKind, Peer, PeerTable, Source, listed, routable
 from ollana.fleet.asks import Ask, Kind
 from ollana.fleet.catalog import SERVER_HEADER
 from ollana.fleet.view import FleetView
@@ -171,9 +171,16 @@ class ClientRoute:
         policy = self._policy
         return [p for p in self._table.candidates(self._clock()) if policy.usable(p)]
 
+    def _awaiting(self) -> bool:
+        """No server usable yet, but one may be soon: none proven so far, or one this client may
+        use has not answered its first check."""
+        peers = [p for p in self._table if listed(p)]
+        return not peers or any(not routable(p) and self._policy.usable(p) for p in peers)
+
     async def answer(self, request: web.BaseRequest, ask: Ask) -> web.StreamResponse | None:
-        if not len(self._table):
+        if not self.usable() and self._awaiting():
             self._probe()
+            self.peer_added.clear()  # set again when a server answers its first check
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.peer_added.wait(), self._grace)
         peers = self.usable()
