@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import logging
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from ollana.discovery import accept, links, net
 from ollana.discovery.links import Link, LinkChange, LinkKey
 from ollana.discovery.packet import MAX_PACKET, Packet, PacketError, decode, encode
 from ollana.errors import StartupError
+from ollana.log import TRACE
 from ollana.ratelimit import RateLimiter
 
 log = structlog.get_logger(__name__)
@@ -73,6 +75,7 @@ class Discovery:
         self.accepted: Counter[LinkKey] = Counter()
         self.dropped: Counter[str] = Counter()
         self._seq = 0
+        self._levels = logging.getLogger(__name__)  # per-packet lines cost nothing unless enabled
 
     @property
     def interfaces(self) -> list[Link]:
@@ -193,7 +196,11 @@ class Discovery:
             if sock is None:
                 continue
             try:
-                net.send(sock, encode(build(link)), self._groups[link.family], self._port, link)
+                packet = build(link)
+                data = encode(packet)
+                net.send(sock, data, self._groups[link.family], self._port, link)
+                if self._levels.isEnabledFor(logging.DEBUG):
+                    self._trace("packet_sent", packet, link.name, data, destination=self._groups[link.family])
             except OSError as exc:
                 allowed, _ = self._send_errors.allow(f"{link.name}/{link.family}", self._clock())
                 if allowed:
@@ -237,8 +244,17 @@ class Discovery:
         if packet.instance_id == self._instance_id:
             return  # our own packet, looped back
         self.accepted[link.key] += 1
+        if self._levels.isEnabledFor(logging.DEBUG):
+            self._trace("packet_received", packet, link.name, dgram.data, source=source)
         self._remember(source, link.key)
         self._on_packet(packet, source, now)
+
+    def _trace(self, event: str, packet: Packet, interface: str, data: bytes, **where: str) -> None:
+        log.debug(event, type=type(packet).__name__.lower(), node=packet.node_id.hex(), seq=packet.seq,
+                  interface=interface, **where)
+        if self._levels.isEnabledFor(TRACE):
+            # TODO(log): structlog has no `trace` method here; the bytes go out at debug when trace is on.
+            log.debug(f"{event}_bytes", interface=interface, hex=data.hex())
 
     def _dropped(self, reason: str, where: str, dgram: net.Datagram, now: float) -> None:
         self.dropped[reason] += 1

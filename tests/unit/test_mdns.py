@@ -3,10 +3,9 @@ and the peer table's mDNS path (one peer seen both ways, liveness without refres
 
 from __future__ import annotations
 
-import itertools
-
 import base64
 import ipaddress
+import itertools
 import math
 import random
 from dataclasses import replace

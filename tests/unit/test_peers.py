@@ -7,7 +7,6 @@ from ollana.config import Endpoint
 from ollana.discovery.packet import Goodbye, Heartbeat
 from ollana.discovery.peers import ChangeKind, PeerTable
 
-
 _SEQ = itertools.count(1)
 
 
