@@ -10,7 +10,14 @@ from types import SimpleNamespace
 from typing import Any
 
 from ollana.config import Endpoint
-from ollana.discovery.claims import MAX_INTERVAL, MIN_INTERVAL, Claim, Verdict, clamp_interval, seq_newer
+from ollana.discovery.claims import (
+    MAX_INTERVAL,
+    MIN_INTERVAL,
+    Claim,
+    Verdict,
+    clamp_interval,
+    seq_newer,
+)
 from ollana.discovery.packet import Heartbeat
 from ollana.discovery.peers import MAX_UNPROVEN, ChangeKind, PeerTable, Source, listed, routable
 from ollana.discovery.vetqueue import Lane, Limits, Offer, VetQueue
