@@ -206,20 +206,16 @@ class PeerTable:
               via: Source = Source.MULTICAST) -> Verdict | None:
         """What a heartbeat about a known node is (None: the node is new); ``claims.judge``."""
         peer = self._peers.get(hb.node_id.hex())
-        if peer is None:
-            return None
-        return claims.judge(peer, hb, source_ip, now, device_id, check_seq=via is Source.MULTICAST)
+        return None if peer is None else claims.judge(peer, hb, source_ip, now, device_id, check_seq=via is Source.MULTICAST)
 
     def _admit(self, peer: Peer) -> None:
         """A new entry; unproven ones are capped, the least recently seen evicted (forged floods)."""
         self._peers[peer.key] = peer
         while len(self._unproven) >= self._max_unproven:
-            oldest = next(iter(self._unproven))
-            self._remove(oldest, ChangeKind.EXPIRED)
+            self._remove(next(iter(self._unproven)), ChangeKind.EXPIRED)  # the oldest
             self.evicted += 1
 
-    def unproven(self) -> int:
-        """How many discovered servers have not proven themselves yet (not listed, not used)."""
+    def unproven(self) -> int:  # discovered servers not proven yet (not listed, not used)
         return len(self._unproven)
 
     def goodbye(self, bye: Goodbye) -> Change | None:
@@ -312,12 +308,16 @@ class PeerTable:
 
     # -- health input ----------------------------------------------------------------------
 
-    def mark_failed(self, key: str, now: float, *, answered: bool = False) -> Change | None:
+    def mark_failed(self, key: str, now: float, *, answered: bool = False, pinned: bool = False) -> Change | None:
         """A check or request failed; ``answered``: the server did answer (a 403, a bad status),
-        so it is there, whatever its record says."""
+        so it is there, whatever its record says; ``pinned``: over a connection pinned to its
+        certificate, so it is that device (a last resort for requests from now on)."""
         peer = self._peers.get(key)
         if peer is None:
             return None
+        if answered and pinned:
+            peer.answered = peer.proven = True
+            self._unproven.pop(key, None)
         if answered and Source.MDNS in peer.heard:
             peer.heard[Source.MDNS] = now
         peer.last_failure = now

@@ -49,6 +49,10 @@ from ollana.trust.vetting import ServerVetting
 log = structlog.get_logger(__name__)
 
 
+class OtherNode(Exception):
+    """A discovered server's address answers as another node."""
+
+
 class ClientNode:
     def __init__(self, rt: Runtime, local: LocalServer | None = None) -> None:
         self._rt = rt
@@ -305,13 +309,14 @@ class ClientNode:
                 self._apply(self._table.forget(peer.key))
                 return
             if peer.source in DISCOVERED and isinstance(body, dict) and body.get("node_id") != peer.key:
-                raise ValueError("it answers as another node")  # a forged heartbeat named this address
+                raise OtherNode(f"it answers as node {body.get('node_id')!r}")  # a forged heartbeat named this address
             upstream = body.get("upstream") if isinstance(body, dict) else None
             if not isinstance(upstream, dict) or not upstream.get("healthy"):
                 raise ValueError("its Ollama is not answering")
-        except (TimeoutError, aiohttp.ClientError, ValueError, OSError, PeerIdentityMismatch) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError, OSError, PeerIdentityMismatch, OtherNode) as exc:
             log.debug("peer_check_failed", peer=peer.key, error=str(exc) or type(exc).__name__)
-            log_change(self._table.mark_failed(peer.key, self._rt.clock(), answered=isinstance(exc, ValueError)))
+            answered = isinstance(exc, ValueError)  # (a 403 over the pinned context: it is that device)
+            log_change(self._table.mark_failed(peer.key, self._rt.clock(), answered=answered, pinned=tls is not None))
             if vetting is not None and peer.device_id is not None:
                 await self._after_failed_check(vetting, peer, exc)
             elif vetting is None and peer.source in BY_ADDRESS:
@@ -320,7 +325,7 @@ class ClientNode:
         if isinstance(body, dict):
             peer.hostname = peer.hostname or str(body.get("hostname", ""))
             peer.node_id = peer.node_id or str(body.get("node_id", ""))
-        log_change(self._table.mark_healthy(peer.key, rtt_ms, self._rt.clock()))
+        self._apply(self._table.mark_healthy(peer.key, rtt_ms, self._rt.clock()))  # (wakes waiting requests)
         catalog = body.get("catalog") if isinstance(body, dict) else None
         generation = catalog.get("generation") if isinstance(catalog, dict) else None
         if isinstance(generation, int) or self._view.catalog(peer.key) is None:

@@ -178,3 +178,15 @@ def test_the_503_text_names_a_bounded_number_of_servers() -> None:
     hint = vetting.unpaired_hint(peers)
     assert hint is not None and len(hint.encode()) < 4096
     assert hint.count("h" * 255) == HINT_NAMES and f"and {12_000 - HINT_NAMES} more" in hint
+
+
+def test_a_refusal_over_the_pinned_context_makes_a_server_a_last_resort() -> None:
+    # Trust devices: a paired server that has not allowed this client yet answers 403 over a
+    # connection pinned to its certificate: it is that device, routable (unhealthy) from then on;
+    # an answer over plain HTTP proves nothing.
+    t = PeerTable()
+    t.observe(hb(1), "10.0.0.1", 0.0)
+    t.observe(hb(2), "10.0.0.2", 0.0)
+    t.mark_failed(key(1), 0.1, answered=True, pinned=True)
+    t.mark_failed(key(2), 0.1, answered=True)
+    assert [p.key for p in t.candidates(0.2)] == [key(1)] and t.unproven() == 1
