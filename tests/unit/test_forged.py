@@ -190,3 +190,11 @@ def test_a_refusal_over_the_pinned_context_makes_a_server_a_last_resort() -> Non
     t.mark_failed(key(1), 0.1, answered=True, pinned=True)
     t.mark_failed(key(2), 0.1, answered=True)
     assert [p.key for p in t.candidates(0.2)] == [key(1)] and t.unproven() == 1
+
+
+def test_a_servers_table_of_heard_servers_clamps_the_interval_too() -> None:
+    from ollana.discovery.known import KnownServers
+
+    known = KnownServers()
+    known.heard(hb(1, interval_ms=2**32 - 1, scheme="https", trust="devices", device_id=bytes(32)), "10.0.0.1", 0.0)
+    assert len(known.listed(180.0)) == 1 and known.listed(180.1) == []
