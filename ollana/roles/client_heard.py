@@ -62,6 +62,8 @@ class Intake:
         self._jobs: dict[Hashable, Job] = {}
         self._wake = asyncio.Event()
         self._spawn: Spawn | None = None
+        # New nodes with a certificate check queued or running (one address at a time each).
+        self._new_nodes: set[str] = set()
         # Servers in the other trust mode: said once per node, never used.
         self._mismatch = RateLimiter(math.inf)
         self._drops = RateLimiter(period=10.0)
@@ -95,8 +97,12 @@ class Intake:
         elif answer is None:
             # A server that proved this very claim before is re-checked first, in its own lane.
             lane = Lane.KNOWN if verdict is Verdict.REFRESH else Lane.UNKNOWN
-            where = ("cert", source, hb.proxy_port, device_id)
-            self._offer(where, source, lane, lambda: self._vet(vetting, hb, source, device_id, via), now)
+            node = hb.node_id.hex()
+            if verdict is None and node in self._new_nodes:
+                return  # a new node is checked at one address at a time: the first one heard first
+            where = ("cert", node, source, hb.proxy_port, device_id)
+            if self._offer(where, source, lane, lambda: self._vet(vetting, hb, source, device_id, via), now) and verdict is None:
+                self._new_nodes.add(node)
 
     def observe(self, hb: Heartbeat, source: str, now: float, device_id: str | None = None,
                 via: Source = Source.MULTICAST, *, proven: bool = False) -> None:
@@ -115,6 +121,12 @@ class Intake:
             await self._first_check(peer)
 
     async def _vet(self, vetting: ServerVetting, hb: Heartbeat, source: str, device_id: str, via: Source) -> None:
+        try:
+            await self._vet_once(vetting, hb, source, device_id, via)
+        finally:
+            self._new_nodes.discard(hb.node_id.hex())
+
+    async def _vet_once(self, vetting: ServerVetting, hb: Heartbeat, source: str, device_id: str, via: Source) -> None:
         if not vetting.may_check(source, hb.proxy_port, device_id):
             return
         log.debug("vetting_started", address=str(Endpoint(source, hb.proxy_port)), node=hb.node_id.hex(),
@@ -163,10 +175,13 @@ class Intake:
 
     # -- the check queue ----------------------------------------------------------------------
 
-    def _offer(self, key: Hashable, source: str, lane: Lane, job: Job, now: float) -> None:
+    def _offer(self, key: Hashable, source: str, lane: Lane, job: Job, now: float) -> bool:
+        """Queue a check; whether it was queued."""
         got, evicted = self.queue.offer(key, source, lane, now)
         if evicted is not None:
             self._jobs.pop(evicted, None)
+            if isinstance(evicted, tuple) and evicted[0] == "cert":
+                self._new_nodes.discard(evicted[1])
         if got is Offer.QUEUED:
             self._jobs[key] = job
             self._wake.set()
@@ -176,6 +191,7 @@ class Intake:
                 log.debug("check_not_queued", reason=got.value, source=source, lane=lane.value, suppressed=suppressed)
         if self._debug.isEnabledFor(TRACE):
             log.debug("check_offered", key=repr(key), lane=lane.value, result=got.value)
+        return got is Offer.QUEUED
 
     async def run(self, spawn: Spawn) -> None:
         """Start queued checks as slots free up; checks run in the caller's task group."""
