@@ -14,7 +14,16 @@ from hypothesis import strategies as st
 
 from ollana.discovery.links import Link
 from ollana.discovery.net import Datagram
-from ollana.discovery.packet import MAX_PACKET, Goodbye, Heartbeat, Packet, PacketError, Probe, decode, encode
+from ollana.discovery.packet import (
+    MAX_PACKET,
+    Goodbye,
+    Heartbeat,
+    Packet,
+    PacketError,
+    Probe,
+    decode,
+    encode,
+)
 from ollana.discovery.peers import PeerTable, listed, routable
 from ollana.discovery.service import Discovery
 
