@@ -154,11 +154,9 @@ class PeerTable:
         self, hb: Heartbeat, source_ip: str, now: float, device_id: str | None = None, via: Source = Source.MULTICAST,
         *, proven: bool = False,
     ) -> Change | None:
-        """A heartbeat heard from ``source_ip`` (or, ``via`` MDNS, an mDNS record naming that
-        address). ``device_id``: its announced device ID, decoded. ``proven``: the caller checked
-        that this address answers as that node (trust devices: its certificate hashes to
-        ``device_id``; trust open: its status names the node and instance). A heartbeat about a
-        known node that is not a plain refresh changes nothing without that proof (``claims.judge``)."""
+        """A heartbeat from ``source_ip`` (``via`` MDNS: an mDNS record naming it), announcing
+        ``device_id``. ``proven``: that address answered as that node (certificate or status); a
+        heartbeat about a known node that is no plain refresh changes nothing without it (``claims``)."""
         key = hb.node_id.hex()
         peer = self._peers.get(key)
         if via is Source.MDNS and peer is not None and self._stale(peer, Source.MDNS, now):
@@ -332,7 +330,7 @@ class PeerTable:
         peer = self._peers.get(key)
         if peer is None:
             return None
-        peer.answered = peer.proven = True
+        first, peer.answered, peer.proven = not peer.proven, True, True
         self._unproven.pop(key, None)
         if rtt_ms is not None:
             # Smooth like TCP's SRTT so one slow answer does not reorder servers.
@@ -344,8 +342,8 @@ class PeerTable:
             # record's, preferred to the heartbeats') works.
             peer.heard[Source.MDNS] = peer.addresses[peer.endpoint.host] = now
         if not peer.healthy:
-            peer.healthy = True
-            return Change(ChangeKind.HEALTHY, peer)
+            peer.healthy = True  # (a discovered server's first answer: it is really added now)
+            return Change(ChangeKind.ADDED if first else ChangeKind.HEALTHY, peer)
         return None
 
     def begin(self, key: str) -> None:

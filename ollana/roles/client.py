@@ -160,6 +160,8 @@ class ClientNode:
                 return
             if routable(change.peer):
                 self._route.peer_added.set()
+            if change.peer.healthy and change.kind is ChangeKind.ADDED:
+                return  # added by its first answer: just checked
             self._check_soon(change.peer.key)
             if change.kind is ChangeKind.RESTARTED:
                 self._view.forget(change.peer.key)  # a new process: its old counts mean nothing

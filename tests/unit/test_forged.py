@@ -148,9 +148,12 @@ def test_a_server_is_usable_only_after_it_answered_a_check() -> None:
     added = t.observe(hb(1), "10.0.0.1", 0.0)
     assert added is not None and not routable(added.peer) and not added.peer.healthy
     assert t.candidates(0.0) == [] and t.mark_failed(key(1), 0.1) is None  # no warning for a phantom
-    healthy = t.mark_healthy(key(1), 1.0, 0.2)
-    assert healthy is not None and healthy.kind is ChangeKind.HEALTHY and routable(healthy.peer)
+    healthy = t.mark_healthy(key(1), 1.0, 0.2)  # its first answer: added for real now
+    assert healthy is not None and healthy.kind is ChangeKind.ADDED and routable(healthy.peer)
     assert listed(healthy.peer) and t.unproven() == 0
+    t.mark_failed(key(1), 0.3)
+    back = t.mark_healthy(key(1), 1.0, 0.4)
+    assert back is not None and back.kind is ChangeKind.HEALTHY
     static = t.add_static(Endpoint("192.0.2.1", 11435), 0.0)
     assert static is not None and routable(static.peer) and static.peer.source is Source.STATIC
 
