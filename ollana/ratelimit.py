@@ -29,3 +29,20 @@ class RateLimiter:
         """As if ``key`` was never seen: its next event is allowed."""
         self._last.pop(key, None)
         self._suppressed.pop(key, None)
+
+
+class PerKeyAndTotal:
+    """One event per key per ``period`` and, across all keys, one per ``gap`` seconds: a flood of
+    distinct keys (hellos cycling certificates, forged device IDs) makes one line per ``gap``,
+    each saying how many it stands for."""
+
+    def __init__(self, period: float, gap: float, max_keys: int = 1024) -> None:
+        self._each = RateLimiter(period, max_keys)
+        self._all = RateLimiter(gap, 1)
+
+    def allow(self, key: str, now: float) -> tuple[bool, int]:
+        """Returns (allowed, how many were suppressed since the last allowed one, all keys)."""
+        allowed, _ = self._each.allow(key, now)
+        if not allowed:
+            return False, 0
+        return self._all.allow("", now)

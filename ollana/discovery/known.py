@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ollana.discovery.claims import clamp_interval
 from ollana.discovery.packet import TRUST_DEVICES, Goodbye, Heartbeat
 from ollana.trust.identity import InvalidDeviceId, id_from_bytes, parse_device_id
 
@@ -73,7 +74,8 @@ class KnownServers:
             return  # only what a paired client in trust mode devices could check and use
         server = KnownServer(node, id_from_bytes(packet.device_id), source, packet.proxy_port, packet.hostname)
         self._heard.pop(node, None)  # re-inserted last: the dict's order is the order heard
-        self._heard[node] = (server, now, MISSED * packet.interval_ms / 1000.0)
+        # (clamped: a forged interval of weeks must not keep an entry listed for weeks)
+        self._heard[node] = (server, now, MISSED * clamp_interval(packet.interval_ms))
         while len(self._heard) > self._limit:
             del self._heard[next(iter(self._heard))]
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import OrderedDict
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ollana.config import Endpoint
+from ollana.discovery import claims
+from ollana.discovery.claims import Verdict
 from ollana.discovery.links import preference
 from ollana.discovery.packet import Goodbye, Heartbeat
 
@@ -28,6 +31,10 @@ class Source(enum.Enum):
 
 # Servers named by an address only: their device is the one their certificate names.
 BY_ADDRESS: Final = frozenset({Source.STATIC, Source.SAVED})
+# Servers found by what they announce: each is a claim until it answers.
+DISCOVERED: Final = frozenset({Source.MULTICAST, Source.MDNS})
+# Discovered servers that have not proven themselves yet, kept at most (least recently seen go).
+MAX_UNPROVEN: Final = 256
 
 
 class ChangeKind(enum.Enum):
@@ -68,6 +75,12 @@ class Peer:
     # the path that found it first). It leaves the table when no path is left. An mDNS record
     # outlives a server that died without a goodbye: a check it passes counts as hearing it.
     heard: dict[Source, float] = field(default_factory=dict)
+    # The last sequence number heard from each address (this instance): replays are dropped.
+    seqs: dict[str, int] = field(default_factory=dict)
+    # Proven: its address answered as this node (certificate or status). Answered: a health check
+    # passed once. Only a proven server is listed, only an answered one gets requests.
+    proven: bool = True
+    answered: bool = True
 
     def __post_init__(self) -> None:
         if not self.heard:
@@ -105,8 +118,17 @@ class Change:
 
 
 class PeerTable:
-    def __init__(self, missed_heartbeats: int = 3, mdns_grace: float = 6.0) -> None:
+    def __init__(
+        self, missed_heartbeats: int = 3, mdns_grace: float = 6.0, *,
+        unproven_ttl: float = math.inf, max_unproven: int = MAX_UNPROVEN,
+    ) -> None:
         self._missed = missed_heartbeats
+        # An unproven server (it never answered) lasts at most this long after it was last heard,
+        # whatever interval its heartbeats announce; at most ``max_unproven`` are kept.
+        self._unproven_ttl = unproven_ttl
+        self._max_unproven = max_unproven
+        self._unproven: OrderedDict[str, None] = OrderedDict()
+        self.evicted = 0
         # How long a server found by mDNS stays after it last answered, once its checks fail.
         self._mdns_grace = mdns_grace
         self._peers: dict[str, Peer] = {}
@@ -130,35 +152,69 @@ class PeerTable:
 
     def observe(
         self, hb: Heartbeat, source_ip: str, now: float, device_id: str | None = None, via: Source = Source.MULTICAST,
+        *, proven: bool = False,
     ) -> Change | None:
-        """A heartbeat heard from ``source_ip`` (or, ``via`` MDNS, an mDNS record naming that
-        address). ``device_id``: its announced device ID, decoded (checked by the caller against
-        the certificate at that address)."""
+        """A heartbeat from ``source_ip`` (``via`` MDNS: an mDNS record naming it), announcing
+        ``device_id``. ``proven``: that address answered as that node (certificate or status); a
+        heartbeat about a known node that is no plain refresh changes nothing without it (``claims``)."""
         key = hb.node_id.hex()
         peer = self._peers.get(key)
         if via is Source.MDNS and peer is not None and self._stale(peer, Source.MDNS, now):
             return None  # the record outlived its server: it comes back when it announces anew
-        kind = heartbeat_effect(peer, hb, source_ip, now, self._missed, via)
+        kind: ChangeKind | None = None
         if peer is None:
+            kind = ChangeKind.ADDED
             peer = Peer(
                 key=key, endpoint=Endpoint(source_ip, hb.proxy_port), source=via,
-                first_seen=now, last_seen=now, ttl=math.inf, node_id=key,
+                first_seen=now, last_seen=now, ttl=math.inf, node_id=key, healthy=False, proven=proven, answered=False,
             )
-            self._peers[key] = peer
+            self._admit(peer)
+        else:
+            verdict = self.judge(hb, source_ip, now, device_id, via)
+            if verdict in (Verdict.REPLAY, Verdict.IDENTITY_TAKEN) or (verdict is Verdict.NEEDS_PROOF and not proven):
+                return None
+            if peer.instance_id != hb.instance_id.hex() or (device_id or peer.device_id) != peer.device_id:
+                kind = ChangeKind.RESTARTED
+                # A restarted server deserves a fresh start: forget what the old process did.
+                peer.healthy, peer.rtt_ms = peer.answered, None
+                peer.addresses.clear()
+                peer.seqs.clear()
+            elif peer.endpoint.port != hb.proxy_port or claims.moves(
+                peer, source_ip, now, mdns=via is Source.MDNS, multicast_heard=Source.MULTICAST in peer.heard,
+            ):
+                kind = ChangeKind.MOVED
+            peer.proven = peer.proven or proven
+        if not peer.proven:
+            self._unproven[key] = None  # (re)inserted last: the least recently seen go first
+            self._unproven.move_to_end(key)
         peer.last_seen = peer.heard[via] = now
         if via is Source.MULTICAST:
-            peer.ttl = self._missed * hb.interval_ms / 1000.0
+            peer.ttl = self._missed * claims.clamp_interval(hb.interval_ms)
+            peer.seqs[source_ip] = hb.seq
         peer.hostname, peer.ollama_version, peer.scheme = hb.hostname, hb.ollama_version, hb.scheme
         peer.device_id, peer.trust = device_id, hb.trust
         peer.addresses[source_ip] = now
-        if kind is ChangeKind.RESTARTED:
-            # A restarted server deserves a fresh start: forget what the old process did.
-            peer.healthy, peer.rtt_ms = True, None
         if kind is not None:
             peer.instance_id = hb.instance_id.hex()
             peer.endpoint = Endpoint(source_ip, hb.proxy_port)
             return Change(kind, peer)
         return None
+
+    def judge(self, hb: Heartbeat, source_ip: str, now: float, device_id: str | None = None,
+              via: Source = Source.MULTICAST) -> Verdict | None:
+        """What a heartbeat about a known node is (None: the node is new); ``claims.judge``."""
+        peer = self._peers.get(hb.node_id.hex())
+        return None if peer is None else claims.judge(peer, hb, source_ip, now, device_id, check_seq=via is Source.MULTICAST)
+
+    def _admit(self, peer: Peer) -> None:
+        """A new entry; unproven ones are capped, the least recently seen evicted (forged floods)."""
+        self._peers[peer.key] = peer
+        while len(self._unproven) >= self._max_unproven:
+            self._remove(next(iter(self._unproven)), ChangeKind.EXPIRED)  # the oldest
+            self.evicted += 1
+
+    def unproven(self) -> int:  # discovered servers not proven yet (not listed, not used)
+        return len(self._unproven)
 
     def goodbye(self, bye: Goodbye) -> Change | None:
         key = bye.node_id.hex()
@@ -230,13 +286,17 @@ class PeerTable:
         return self._remove(key, ChangeKind.REMOVED)
 
     def _stale(self, peer: Peer, path: Source, now: float) -> bool:
+        if not peer.proven and peer.source in DISCOVERED and now - peer.last_seen > self._unproven_ttl:
+            return True
         if path is Source.MDNS:  # no refresh to wait for: the record lasts while the server answers
-            return not peer.healthy and now - peer.heard.get(path, -math.inf) > self._mdns_grace
+            # (one that never answered yet is judged by the unproven TTL instead)
+            return peer.answered and not peer.healthy and now - peer.heard.get(path, -math.inf) > self._mdns_grace
         if path is Source.MULTICAST:
             return now - peer.heard[path] > peer.ttl
         return now - peer.last_seen > peer.ttl
 
     def _remove(self, key: str, kind: ChangeKind) -> Change | None:
+        self._unproven.pop(key, None)
         peer = self._peers.pop(key, None)
         if peer is None:
             return None
@@ -246,12 +306,16 @@ class PeerTable:
 
     # -- health input ----------------------------------------------------------------------
 
-    def mark_failed(self, key: str, now: float, *, answered: bool = False) -> Change | None:
+    def mark_failed(self, key: str, now: float, *, answered: bool = False, pinned: bool = False) -> Change | None:
         """A check or request failed; ``answered``: the server did answer (a 403, a bad status),
-        so it is there, whatever its record says."""
+        so it is there, whatever its record says; ``pinned``: over a connection pinned to its
+        certificate, so it is that device (a last resort for requests from now on)."""
         peer = self._peers.get(key)
         if peer is None:
             return None
+        if answered and pinned:
+            peer.answered = peer.proven = True
+            self._unproven.pop(key, None)
         if answered and Source.MDNS in peer.heard:
             peer.heard[Source.MDNS] = now
         peer.last_failure = now
@@ -266,6 +330,8 @@ class PeerTable:
         peer = self._peers.get(key)
         if peer is None:
             return None
+        first, peer.answered, peer.proven = not peer.proven, True, True
+        self._unproven.pop(key, None)
         if rtt_ms is not None:
             # Smooth like TCP's SRTT so one slow answer does not reorder servers.
             peer.rtt_ms = rtt_ms if peer.rtt_ms is None else 0.8 * peer.rtt_ms + 0.2 * rtt_ms
@@ -276,8 +342,8 @@ class PeerTable:
             # record's, preferred to the heartbeats') works.
             peer.heard[Source.MDNS] = peer.addresses[peer.endpoint.host] = now
         if not peer.healthy:
-            peer.healthy = True
-            return Change(ChangeKind.HEALTHY, peer)
+            peer.healthy = True  # (a discovered server's first answer: it is really added now)
+            return Change(ChangeKind.ADDED if first else ChangeKind.HEALTHY, peer)
         return None
 
     def begin(self, key: str) -> None:
@@ -301,37 +367,20 @@ class PeerTable:
         return candidates(list(self._peers.values()), self._current, now)
 
 
-def heartbeat_effect(
-    peer: Peer | None, hb: Heartbeat, source_ip: str, now: float, missed: int, via: Source = Source.MULTICAST,
-) -> ChangeKind | None:
-    """What a heartbeat from ``source_ip`` does to the entry ``peer`` (None: not known yet).
-
-    ADDED for a new node; RESTARTED for a new instance of a known one (it starts afresh at the
-    heartbeat's address); MOVED when its port changed, its current address went quiet for a
-    whole TTL while this one speaks, or this one is preferred (``links.preference``: IPv4, then
-    IPv6, link-local last); None when it only refreshes the entry. ``via`` MDNS: the
-    announcement of an mDNS record, which moves the entry only when no heartbeat is heard.
-    """
-    if peer is None:
-        return ChangeKind.ADDED
-    if peer.instance_id != hb.instance_id.hex():
-        return ChangeKind.RESTARTED
-    if peer.endpoint.port != hb.proxy_port:
-        return ChangeKind.MOVED
-    if source_ip == peer.endpoint.host:
-        return None
-    if preference(source_ip) < preference(peer.endpoint.host):
-        return ChangeKind.MOVED  # a dual-stack server: IPv4 before IPv6, link-local last
-    if via is Source.MDNS:
-        return None if Source.MULTICAST in peer.heard else ChangeKind.MOVED
-    ttl = missed * hb.interval_ms / 1000.0
-    current_fresh = now - peer.addresses.get(peer.endpoint.host, -math.inf) <= ttl
-    return None if current_fresh else ChangeKind.MOVED
-
-
 def usable(peer: Peer) -> bool:
     """Whether requests go to ``peer`` before the last resorts: it answered its last check."""
     return peer.healthy
+
+
+def routable(peer: Peer) -> bool:
+    """Whether requests may go to ``peer`` at all: a discovered server only once it answered a
+    check (a forged heartbeat makes an entry, never a target)."""
+    return peer.answered or peer.source not in DISCOVERED
+
+
+def listed(peer: Peer) -> bool:
+    """Whether status lists ``peer``: a discovered server once it proved to be there."""
+    return peer.proven or peer.source not in DISCOVERED
 
 
 def candidates(peers: list[Peer], current: str | None, now: float) -> list[Peer]:
@@ -342,6 +391,7 @@ def candidates(peers: list[Peer], current: str | None, now: float) -> list[Peer]
     fewest in-flight requests; unhealthy ones last, least recently failed first, as a last resort
     since a server marked down may have come back before its next health check.
     """
+    peers = [p for p in peers if routable(p)]
     healthy = [p for p in peers if usable(p)]
     healthy.sort(key=lambda p: (p.key != current, p.rtt_ms is None, p.rtt_ms or 0.0, p.inflight, p.key))
     unhealthy = sorted((p for p in peers if not usable(p)), key=lambda p: (p.last_failure, p.key))

@@ -14,21 +14,21 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import logging
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Final
-
-import structlog
 
 from ollana.config import Config
 from ollana.discovery import accept, links, net
 from ollana.discovery.links import Link, LinkChange, LinkKey
 from ollana.discovery.packet import MAX_PACKET, Packet, PacketError, decode, encode
 from ollana.errors import StartupError
+from ollana.log import TRACE, get_logger
 from ollana.ratelimit import RateLimiter
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 OnPacket = Callable[[Packet, str, float], None]
 OnLinks = Callable[[LinkChange], None]
@@ -76,6 +76,7 @@ class Discovery:
         self.received: Counter[str] = Counter()
         self.sent: Counter[str] = Counter()
         self._seq = 0
+        self._levels = logging.getLogger(__name__)  # per-packet lines cost nothing unless enabled
 
     @property
     def interfaces(self) -> list[Link]:
@@ -197,8 +198,11 @@ class Discovery:
                 continue
             packet = build(link)
             try:
-                net.send(sock, encode(packet), self._groups[link.family], self._port, link)
+                data = encode(packet)
+                net.send(sock, data, self._groups[link.family], self._port, link)
                 self.sent[type(packet).__name__.lower()] += 1
+                if self._levels.isEnabledFor(logging.DEBUG):
+                    self._trace("packet_sent", packet, link.name, data, destination=self._groups[link.family])
             except OSError as exc:
                 allowed, _ = self._send_errors.allow(f"{link.name}/{link.family}", self._clock())
                 if allowed:
@@ -243,8 +247,16 @@ class Discovery:
             return  # our own packet, looped back
         self.accepted[link.key] += 1
         self.received[type(packet).__name__.lower()] += 1
+        if self._levels.isEnabledFor(logging.DEBUG):
+            self._trace("packet_received", packet, link.name, dgram.data, source=source)
         self._remember(source, link.key)
         self._on_packet(packet, source, now)
+
+    def _trace(self, event: str, packet: Packet, interface: str, data: bytes, **where: str) -> None:
+        log.debug(event, type=type(packet).__name__.lower(), node=packet.node_id.hex(), seq=packet.seq,
+                  interface=interface, **where)
+        if self._levels.isEnabledFor(TRACE):
+            log.trace(f"{event}_bytes", interface=interface, hex=data.hex())
 
     def _dropped(self, reason: str, where: str, dgram: net.Datagram, now: float) -> None:
         self.dropped[reason] += 1

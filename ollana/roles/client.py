@@ -13,11 +13,21 @@ from typing import Any
 import aiohttp
 import structlog
 
-from ollana.config import Endpoint, Role, Trust
+from ollana.config import Role, Trust
 from ollana.discovery.links import LinkChange
 from ollana.discovery.mdns_io import MdnsBrowser
-from ollana.discovery.packet import TRUST_DEVICES, Goodbye, Heartbeat, Packet, Probe
-from ollana.discovery.peers import BY_ADDRESS, Change, ChangeKind, Peer, PeerTable, Source
+from ollana.discovery.packet import Goodbye, Heartbeat, Packet, Probe
+from ollana.discovery.peers import (
+    BY_ADDRESS,
+    DISCOVERED,
+    Change,
+    ChangeKind,
+    Peer,
+    PeerTable,
+    Source,
+    listed,
+    routable,
+)
 from ollana.discovery.service import Discovery, discovery_status, interfaces_status
 from ollana.errors import UpstreamUnavailable
 from ollana.fleet.view import FleetView
@@ -30,10 +40,10 @@ from ollana.proxy.headers import hop_mark, is_from_ollana
 from ollana.ratelimit import RateLimiter
 from ollana.roles.beyond import Beyond
 from ollana.roles.client_catalogs import CatalogFetcher
+from ollana.roles.client_heard import Intake
 from ollana.roles.client_route import ClientRoute, log_change
 from ollana.roles.local import LOCAL_RTT_MS, LocalServer
 from ollana.runtime import Ready, Runtime
-from ollana.trust.identity import id_from_bytes
 from ollana.trust.tls import PeerIdentityMismatch, check_peer, fetch_peer_cert
 from ollana.trust.vetting import ServerVetting
 from ollana.waits import wait_set
@@ -41,11 +51,16 @@ from ollana.waits import wait_set
 log = structlog.get_logger(__name__)
 
 
+class OtherNode(Exception):
+    """A discovered server's address answers as another node."""
+
+
 class ClientNode:
     def __init__(self, rt: Runtime, local: LocalServer | None = None) -> None:
         self._rt = rt
         self._local = local
-        self._table = PeerTable(rt.config.timings.missed_heartbeats, mdns_grace=rt.config.timings.peer_ttl)
+        self._table = PeerTable(rt.config.timings.missed_heartbeats, mdns_grace=rt.config.timings.peer_ttl,
+                                unproven_ttl=rt.config.timings.peer_ttl)
         self._discovery: Discovery | None = None
         self._vetting: ServerVetting | None = None
         if rt.devices is not None:
@@ -67,10 +82,18 @@ class ClientNode:
         self._due: set[str] | None = None
         self._last_probe = -1e9
         self._tg: asyncio.TaskGroup | None = None
-        self._checks: dict[tuple[str, int, str], asyncio.Task[None]] = {}
         self._beyond: Beyond | None = None
         # Servers in the other trust mode: said once per node, never used.
         self._mismatch = RateLimiter(math.inf)
+        health = aiohttp.ClientTimeout(total=rt.config.timings.health_timeout)
+        self._intake = Intake(
+            self._table, self._vetting, trust=rt.config.trust.value, session=rt.session,
+            timeout=rt.config.timings.health_timeout, clock=rt.clock, apply=self._apply,
+            announced=self._announced, first_check=lambda peer: self._check(peer, health),
+            other_mode=self._route.other_mode,
+        )
+        # Forged floods make unproven servers come and go: their lines are rate-limited.
+        self._unproven_log = RateLimiter(period=1.0)
 
     async def run(self, shutdown: asyncio.Event, ready: Callable[[Ready], None]) -> None:
         cfg = self._rt.config
@@ -106,12 +129,13 @@ class ClientNode:
             self._discovery = await Discovery.started(
                 cfg, self._rt.node.instance_id, self._rt.clock, self._on_packet, self._on_links
             )
-            found = partial(self._on_heartbeat, via=Source.MDNS)  # mDNS next to heartbeats, into one table
+            found = partial(self._intake.heartbeat, via=Source.MDNS)  # mDNS next to heartbeats, into one table
             mdns = MdnsBrowser(self._discovery, self._rt, self._table, self._apply, found) if self._discovery is not None else None
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg  # checks of heartbeats run in it: the probe goes out once it exists
-                    tasks = [tg.create_task(self._expire_loop()), tg.create_task(self._health_loop())]
+                    tasks = [tg.create_task(self._expire_loop()), tg.create_task(self._health_loop()),
+                             tg.create_task(self._intake.run(self._spawn))]
                     if self._rt.devices is not None:
                         tasks.append(tg.create_task(self._rt.devices.watch(cfg.timings.trust_poll, self._trust_tick, self._rt.reload)))
                     tasks += [tg.create_task(loop) for loop in beyond.loops()]
@@ -121,7 +145,7 @@ class ClientNode:
                     ready(Ready(Role.CLIENT, bound, self._rt.node.node_id.hex()))
                     await shutdown.wait()
                     self._tg = None  # no new checks while the group winds down
-                    for task in [*tasks, *self._checks.values()]:
+                    for task in tasks:
                         task.cancel()
             finally:
                 self._tg = None
@@ -130,12 +154,21 @@ class ClientNode:
             log.info("stopped", role="client", grace_s=cfg.timings.grace)
 
     def _apply(self, change: Change | None) -> None:
-        log_change(change)
-        self._route.note(change)  # (what left is named in the 503)
         if change is None:
             return
+        if change.peer.proven:
+            log_change(change)
+        else:
+            self._unproven_change(change)
+        self._route.note(change)  # (what left is named in the 503)
         if change.kind in (ChangeKind.ADDED, ChangeKind.RESTARTED, ChangeKind.MOVED):
-            self._route.peer_added.set()
+            if not change.peer.proven:
+                self._intake.check_first(change.peer, self._rt.clock())
+                return
+            if routable(change.peer):
+                self._route.peer_added.set()
+            if change.peer.healthy and change.kind is ChangeKind.ADDED:
+                return  # added by its first answer: just checked
             self._check_soon(change.peer.key)
             if change.kind is ChangeKind.RESTARTED:
                 self._view.forget(change.peer.key)  # a new process: its old counts mean nothing
@@ -143,6 +176,16 @@ class ClientNode:
             self._view.forget(change.peer.key)
             if not len(self._table):
                 self._route.peer_added.clear()
+        elif change.kind is ChangeKind.HEALTHY:
+            self._route.peer_added.set()  # a server that answered: requests waiting may go
+
+    def _unproven_change(self, change: Change) -> None:
+        """A server that never answered came or went: a debug line, at most one a second."""
+        allowed, suppressed = self._unproven_log.allow(change.kind.value, self._rt.clock())
+        if allowed:
+            p = change.peer
+            log.debug(f"peer_unproven_{change.kind.value}", peer=p.key, address=str(p.endpoint),
+                      source=p.source.value, suppressed=suppressed, unproven=self._table.unproven())
 
     # -- catalogues ------------------------------------------------------------------------
 
@@ -171,7 +214,7 @@ class ClientNode:
 
     def _on_packet(self, packet: Packet, source: str, now: float) -> None:
         if isinstance(packet, Heartbeat):
-            self._on_heartbeat(packet, source, now)
+            self._intake.heartbeat(packet, source, now)
         elif isinstance(packet, Goodbye):
             self._apply(self._table.goodbye(packet))
 
@@ -182,61 +225,6 @@ class ClientNode:
             self._apply(gone)
         if change.new:
             self._probe()
-
-    def _on_heartbeat(self, hb: Heartbeat, source: str, now: float, via: Source = Source.MULTICAST) -> None:
-        ours = self._rt.config.trust.value
-        if hb.trust != ours:
-            self._trust_mismatch(hb, source, now)
-            return
-        if self._vetting is None or hb.device_id is None:
-            self._observe(hb, source, now, None, via)
-            return
-        device_id = id_from_bytes(hb.device_id)
-        verdict = self._vetting.verdict(source, hb.proxy_port, device_id)
-        if verdict:
-            self._observe(hb, source, now, device_id, via)
-        elif verdict is None:
-            self._start_check(hb, source, device_id, via)
-
-    def _observe(self, hb: Heartbeat, source: str, now: float, device_id: str | None = None, via: Source = Source.MULTICAST) -> None:
-        self._apply(self._table.observe(hb, source, now, device_id, via))
-        if hb.catalog_gen is not None:
-            self._announced(self._table.get(hb.node_id.hex()), hb.catalog_gen)
-
-    def _trust_mismatch(self, hb: Heartbeat, source: str, now: float) -> None:
-        self._route.other_mode(hb.node_id.hex(), hb.hostname, Endpoint(source, hb.proxy_port), hb.trust)
-        allowed, _ = self._mismatch.allow(hb.node_id.hex(), now)
-        if not allowed:
-            return
-        if hb.trust == TRUST_DEVICES:
-            reason = ("the server serves only paired devices over TLS (trust mode devices) and this client runs "
-                      "--trust open; run the client without --trust open and pair the two")
-        else:
-            reason = ("the server runs --trust open (plain HTTP, no device checks) and this client runs trust "
-                      "mode devices, which never sends prompts in the clear; run both in the same mode")
-        log.warning("server_ignored", node=hb.node_id.hex(), hostname=hb.hostname or None,
-                    address=str(Endpoint(source, hb.proxy_port)), server_trust=hb.trust,
-                    client_trust=self._rt.config.trust.value, reason=reason)
-
-    def _start_check(self, hb: Heartbeat, source: str, device_id: str, via: Source) -> None:
-        """Check that the proxy at ``source`` holds the announced key, then take the heartbeat."""
-        vetting, tg = self._vetting, self._tg
-        where = (source, hb.proxy_port, device_id)
-        if vetting is None or tg is None or where in self._checks or len(self._checks) >= 16:
-            return
-        if not vetting.may_check(*where):
-            return
-
-        async def check() -> None:
-            try:
-                if await vetting.check(source, hb.proxy_port, device_id, hb.hostname):
-                    self._observe(hb, source, self._rt.clock(), device_id, via)
-            except Exception:  # whatever a remote host sends, the node must go on
-                log.exception("server_check_crashed", address=str(Endpoint(source, hb.proxy_port)))
-            finally:
-                self._checks.pop(where, None)
-
-        self._checks[where] = tg.create_task(check())
 
     # -- trust -----------------------------------------------------------------------------
 
@@ -282,7 +270,7 @@ class ClientNode:
                 due, last_round = None, now  # a full round: every peer, every interval
             # An early wake-up checks only the peers that caused it: 20 servers found one after
             # another cost 20 checks, not 20 rounds of all of them.
-            peers = [p for p in self._table if due is None or p.key in due]
+            peers = [p for p in self._table if listed(p) and (due is None or p.key in due)]
             if peers:
                 results = await asyncio.gather(*(self._check(p, timeout) for p in peers), return_exceptions=True)
                 for peer, result in zip(peers, results, strict=True):
@@ -328,12 +316,15 @@ class ClientNode:
                             hint="remove this --peer: it names this machine's own ollana")
                 self._apply(self._table.forget(peer.key))
                 return
+            if peer.source in DISCOVERED and isinstance(body, dict) and body.get("node_id") != peer.key:
+                raise OtherNode(f"it answers as node {body.get('node_id')!r}")  # a forged heartbeat named this address
             upstream = body.get("upstream") if isinstance(body, dict) else None
             if not isinstance(upstream, dict) or not upstream.get("healthy"):
                 raise ValueError("its Ollama is not answering")
-        except (TimeoutError, aiohttp.ClientError, ValueError, OSError, PeerIdentityMismatch) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError, OSError, PeerIdentityMismatch, OtherNode) as exc:
             log.debug("peer_check_failed", peer=peer.key, error=str(exc) or type(exc).__name__)
-            log_change(self._table.mark_failed(peer.key, self._rt.clock(), answered=isinstance(exc, ValueError)))
+            answered = isinstance(exc, ValueError)  # (a 403 over the pinned context: it is that device)
+            log_change(self._table.mark_failed(peer.key, self._rt.clock(), answered=answered, pinned=tls is not None))
             if vetting is not None and peer.device_id is not None:
                 await self._after_failed_check(vetting, peer, exc)
             elif vetting is None and peer.source in BY_ADDRESS:
@@ -345,7 +336,7 @@ class ClientNode:
         if isinstance(body, dict):
             peer.hostname = peer.hostname or str(body.get("hostname", ""))
             peer.node_id = peer.node_id or str(body.get("node_id", ""))
-        log_change(self._table.mark_healthy(peer.key, rtt_ms, self._rt.clock()))
+        self._apply(self._table.mark_healthy(peer.key, rtt_ms, self._rt.clock()))  # (wakes waiting requests)
         catalog = body.get("catalog") if isinstance(body, dict) else None
         generation = catalog.get("generation") if isinstance(catalog, dict) else None
         if isinstance(generation, int) or self._view.catalog(peer.key) is None:
@@ -359,7 +350,9 @@ class ClientNode:
         body: dict[str, Any] = self._rt.base_status(role, self._listen)
         body["current_peer"] = self._table.current
         usable = self._route_policy_usable
-        body["peers"] = [{**p.status(now), "paired": usable(p), **self._view.summary(p.key)} for p in self._table]
+        body["peers"] = [{**p.status(now), "paired": usable(p), **self._view.summary(p.key)}
+                         for p in self._table if listed(p)]
+        body["unproven_peers"] = self._table.unproven()  # heard, never answered: not listed, not used
         body["interfaces"] = interfaces_status(self._discovery)
         body["discovery"] = discovery_status(self._discovery)
         return body

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -18,7 +18,16 @@ from aiohttp import web
 from ollana.config import Endpoint
 from ollana.discovery.links import preference
 from ollana.discovery.packet import TRUST_DEVICES
-from ollana.discovery.peers import BY_ADDRESS, Change, ChangeKind, Peer, PeerTable, Source
+from ollana.discovery.peers import (
+    BY_ADDRESS,
+    Change,
+    ChangeKind,
+    Peer,
+    PeerTable,
+    Source,
+    listed,
+    routable,
+)
 from ollana.fleet.asks import Ask, Kind
 from ollana.fleet.catalog import SERVER_HEADER
 from ollana.fleet.view import FleetView
@@ -27,6 +36,7 @@ from ollana.proxy.forward import Target
 from ollana.proxy.forward import cut as cut_request
 from ollana.roles.local import LocalServer
 from ollana.roles.no_server import Unusable, Why, failure, no_answer, no_server
+from ollana.roles.policy import OpenPolicy, Policy, WithLocal
 from ollana.waits import wait_set
 
 log = structlog.get_logger(__name__)
@@ -61,54 +71,6 @@ def target_of(peer: Peer, tls: ssl.SSLContext | None = None, *, listed: bool = F
 def display_name(peer: Peer) -> str:
     """A server as people know it: its host name, else its address."""
     return peer.hostname or str(peer.endpoint)
-
-
-class Policy(Protocol):
-    """Which servers this client may use, and how it talks to them (trust mode)."""
-
-    def usable(self, peer: Peer) -> bool: ...
-
-    def context(self, peer: Peer) -> ssl.SSLContext | None: ...
-
-    def unpaired_hint(self, peers: list[Peer]) -> str | None: ...
-
-    def refusing(self, peer: Peer) -> bool: ...
-
-
-class OpenPolicy:
-    """Trust mode open: every server is usable, over plain HTTP."""
-
-    def usable(self, peer: Peer) -> bool:
-        return True
-
-    def context(self, peer: Peer) -> ssl.SSLContext | None:
-        return None
-
-    def unpaired_hint(self, peers: list[Peer]) -> str | None:
-        return None
-
-    def refusing(self, peer: Peer) -> bool:
-        return False
-
-
-class WithLocal:
-    """Role both: this machine's own Ollama is always usable, over plain HTTP on loopback."""
-
-    def __init__(self, inner: Policy, local_key: str) -> None:
-        self._inner = inner
-        self._local = local_key
-
-    def usable(self, peer: Peer) -> bool:
-        return peer.key == self._local or self._inner.usable(peer)
-
-    def context(self, peer: Peer) -> ssl.SSLContext | None:
-        return None if peer.key == self._local else self._inner.context(peer)
-
-    def unpaired_hint(self, peers: list[Peer]) -> str | None:
-        return self._inner.unpaired_hint([p for p in peers if p.key != self._local])
-
-    def refusing(self, peer: Peer) -> bool:
-        return peer.key != self._local and self._inner.refusing(peer)
 
 
 def candidate(peer: Peer, view: FleetView) -> dict[str, Any]:
@@ -205,9 +167,16 @@ class ClientRoute:
         policy = self._policy
         return [p for p in self._table.candidates(self._clock()) if policy.usable(p)]
 
+    def _awaiting(self) -> bool:
+        """No server usable yet, but one may be soon: none proven so far, or one this client may
+        use has not answered its first check."""
+        peers = [p for p in self._table if listed(p)]
+        return not peers or any(not routable(p) and self._policy.usable(p) for p in peers)
+
     async def answer(self, request: web.BaseRequest, ask: Ask) -> web.StreamResponse | None:
-        if not len(self._table):
+        if not self.usable() and self._awaiting():
             self._probe()
+            self.peer_added.clear()  # set again when a server answers its first check
             await wait_set(self.peer_added, self._grace)
         peers = self.usable()
         if not peers:

@@ -20,7 +20,7 @@ from aiohttp import web
 from ollana.httpserver import Listener
 from ollana.proxy.answers import error, json_response
 from ollana.proxy.forward import cut
-from ollana.ratelimit import RateLimiter
+from ollana.ratelimit import PerKeyAndTotal, RateLimiter
 from ollana.trust.decisions import Refusal, anchors, hello_reply, must_cut, refusal
 from ollana.trust.devices import DeviceTrust
 from ollana.trust.document import PeerKind
@@ -42,6 +42,8 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 REFUSAL_LOG_PERIOD: Final = 30.0
 # How long a cut request may take to say why before its connection is aborted anyway.
 CUT_PATIENCE: Final = 2.0
+PENDING_LOG_PERIOD: Final = 60.0
+PENDING_LOG_GAP: Final = 1.0
 
 
 class Gate:
@@ -61,6 +63,9 @@ class Gate:
         self._bad_hellos = RateLimiter(REFUSAL_LOG_PERIOD)
         # The request each connection is serving (HTTP/1.1: one at a time), to cut it cleanly.
         self._serving: dict[asyncio.BaseTransport, asyncio.Task[Any]] = {}
+        # A device made pending: said once a minute per device, once a second in all (a flood of
+        # hellos cycling certificates wrote a line per hello).
+        self._pending_log = PerKeyAndTotal(PENDING_LOG_PERIOD, PENDING_LOG_GAP)
 
     def _anchors(self) -> list[str]:
         store = self._devices.store
@@ -138,11 +143,13 @@ class Gate:
             self._devices.wall(),
         ):
             self._anchors_stale = True  # applied by the next poll: at most two rebuilds a second
-            log.info(
-                "device_pending", kind="client", device_id=grouped(hello.device_id),
-                hostname=hello.hostname, address=request.remote,
-                hint=f"ollana device allow {short(hello.device_id)}",
-            )
+            allowed, suppressed = self._pending_log.allow(hello.device_id, self._devices.wall())
+            if allowed:
+                log.info(
+                    "device_pending", kind="client", device_id=grouped(hello.device_id),
+                    hostname=hello.hostname, address=request.remote,
+                    hint=f"ollana device allow {short(hello.device_id)}", suppressed=suppressed,
+                )
         return json_response(reply.status, reply.body)
 
     # -- changes -----------------------------------------------------------------------------

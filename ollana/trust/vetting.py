@@ -22,7 +22,7 @@ import structlog
 from ollana.config import bracketed
 from ollana.discovery.peers import Peer
 from ollana.errors import UpstreamUnavailable
-from ollana.ratelimit import RateLimiter
+from ollana.ratelimit import PerKeyAndTotal, RateLimiter
 from ollana.trust.decisions import Belief, Standing, Verdict, belief, due, genuine, presented
 from ollana.trust.devices import DeviceTrust
 from ollana.trust.document import PeerKind
@@ -38,6 +38,8 @@ RETRY_GAP: Final = 1.0
 # A server that does not let us in gets our hello again at most this often.
 HELLO_GAP: Final = 30.0
 MAX_VERDICTS: Final = 1024
+# Servers named in a 503's text, at most.
+HINT_NAMES: Final = 8
 
 Where = tuple[str, int, str]  # (address, port, announced device ID)
 
@@ -67,6 +69,8 @@ class ServerVetting:
         # Warnings said once per key (address, device) for the process' life, bounded in memory.
         self._warned = RateLimiter(math.inf)
         self._refusing: set[str] = set()
+        # Servers made pending: once a minute per device, once a second in all.
+        self._pending_log = PerKeyAndTotal(60.0, 1.0)
 
     # -- what requests may use ------------------------------------------------------------
 
@@ -177,9 +181,11 @@ class ServerVetting:
                            reason="this device disabled it", hint=f"ollana device allow {short(device_id)}")
             return
         new = self._devices.store.record_pending(device_id, cert_pem, hostname, address, PeerKind.SERVER, self._devices.wall())
-        if new:
+        allowed, suppressed = self._pending_log.allow(device_id, self._clock()) if new else (False, 0)
+        if allowed:
             log.info("device_pending", kind="server", device_id=grouped(device_id), hostname=hostname,
-                     address=f"{bracketed(address)}:{port}", hint=f"ollana device allow {short(device_id)}")
+                     address=f"{bracketed(address)}:{port}", hint=f"ollana device allow {short(device_id)}",
+                     suppressed=suppressed)
         self._say_once(
             f"unpaired/{device_id}", "server_not_paired", device_id, address, port, hostname,
             reason="not allowed on this device: it gets no requests",
@@ -252,7 +258,10 @@ class ServerVetting:
         unpaired = [p for p in peers if p.device_id is not None and not self.usable(p)]
         if not unpaired:
             return None
-        names = ", ".join(f"{p.hostname or p.endpoint.host} ({short(p.device_id or '')})" for p in unpaired)
+        # Bounded: a flood of forged servers must not make a megabyte of 503 text.
+        names = ", ".join(f"{p.hostname or p.endpoint.host} ({short(p.device_id or '')})" for p in unpaired[:HINT_NAMES])
+        if len(unpaired) > HINT_NAMES:
+            names += f" and {len(unpaired) - HINT_NAMES} more (`ollana device pending`)"
         return (
             f"ollana: found Ollama servers on the LAN, but none is paired with this device: {names}. "
             f"Pair: here `ollana device allow ID`; on the server `ollana device pending` and "

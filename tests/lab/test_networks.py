@@ -284,16 +284,20 @@ def test_10000_unicast_routed_or_forged_heartbeats_add_no_peer(lab: Lab, figure:
     total += json.loads(sent.stdout)["sent"]
     assert total == FORGED
 
-    # The sentinels were sent last, each on the socket its family's forgeries came in on.
-    def listed() -> dict[str, Any] | None:
-        st = status(c)
-        return st if {"5e" * 16, "6e" * 16} <= {p["id"] for p in st["peers"]} else None
+    # The sentinels were sent last, each on the socket its family's forgeries came in on: once
+    # the client received both (its debug line per accepted packet), it judged everything before.
+    # (They are accepted, but never listed: nothing answers for them, issue 9 item 6.)
+    def received() -> dict[str, Any] | None:
+        log = c.read_log("ollana-c")
+        both = all(f'"node": "{n * 16}"' in log for n in ("5e", "6e"))
+        return status(c) if both else None
 
-    st = wait_until("the sentinels are listed", listed, timeout=15)
+    st = wait_until("the sentinels are received", received, timeout=15)
     peers = {p["id"]: p for p in st["peers"]}
     forged = [p for p in peers.values() if p["hostname"] == "forged"]
     assert not forged, forged
-    assert set(peers) == {node_id(Node(server)), "5e" * 16, "6e" * 16}, peers
+    assert set(peers) == {node_id(Node(server))}, peers
+    assert st["unproven_peers"] <= 2  # the sentinels at most: no forgery reached the table
     dropped = st["discovery"]["dropped"]
     figure("forged heartbeats sent (unicast, routed, broadcast, off-link sources)", total, "")
     figure("of them, peers added", len(forged), "")

@@ -115,6 +115,11 @@ def events(host: Host, event: str) -> list[dict[str, Any]]:
     return out
 
 
+def heard_count(host: Host) -> int:
+    """How many discovery packets the host's ollana accepted from others, on all its links."""
+    return sum(int(link["heard"]) for link in status(host)["interfaces"])
+
+
 def slow_streams(server: Host) -> None:
     server.python(
         "import httpx;httpx.post('http://127.0.0.1:11434/_fake/config',"
@@ -297,7 +302,13 @@ def test_clients_never_use_servers_in_the_other_mode_and_say_why(lab: Lab) -> No
     assert clientops(c, "wait-peers", "--count", "1", "--healthy", "--timeout", "10")["ok"]
     for _ in range(3):  # /api/version reaches a server (the client answers /api/tags itself)
         assert app_get(c, "/api/version")["status"] == 200
-    time.sleep(3 * INTERVAL)
+    # Sync point instead of a sleep: the client heard three more heartbeats of each server
+    # (three intervals, a health round included) after those requests, ignoring the TLS one.
+    heard = heard_count(c)
+    deadline = time.monotonic() + 10
+    while heard_count(c) < heard + 12:  # 2 servers x IPv4 and IPv6 x 3 intervals
+        assert time.monotonic() < deadline, "the client heard no heartbeats"
+        time.sleep(0.05)
     assert forwarded(tls) == [] and set(forwarded(plain)) == {"/api/version"}
     ignored = events(c, "server_ignored")
     assert len(ignored) == 1 and ignored[0]["server_trust"] == "devices", ignored

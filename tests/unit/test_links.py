@@ -4,6 +4,7 @@ peer table does with addresses that no longer reach it. No sockets."""
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import socket
 import struct
 
@@ -93,8 +94,13 @@ def test_packet_info_missing_or_short_is_none() -> None:
 # -- the peer table forgets addresses that no longer reach it --------------------------------------
 
 
+_SEQ = itertools.count(1)
+
+
 def hb(node: int) -> Heartbeat:
-    return Heartbeat(node_id=bytes([node]) * 16, instance_id=b"i" * 8, seq=1, proxy_port=11435, interval_ms=1000)
+    # Each heartbeat a new sequence number, as a server sends them (a repeated one is a replay).
+    return Heartbeat(node_id=bytes([node]) * 16, instance_id=b"i" * 8, seq=next(_SEQ), proxy_port=11435,
+                     interval_ms=1000)
 
 
 def test_a_server_heard_only_through_a_vanished_link_is_dropped() -> None:
@@ -109,8 +115,8 @@ def test_a_server_heard_only_through_a_vanished_link_is_dropped() -> None:
 def test_a_server_with_another_fresh_address_moves_there() -> None:
     table = PeerTable()
     table.observe(hb(1), "10.77.0.1", 0.0)
-    table.observe(hb(1), "fe80::1%eth1", 0.5)
-    table.observe(hb(1), "fe80::1%eth2", 0.2)
+    table.observe(hb(1), "fe80::1%eth1", 0.5, proven=True)
+    table.observe(hb(1), "fe80::1%eth2", 0.2, proven=True)
     changes = table.forget_addresses({"10.77.0.1"}, 1.0)
     assert [c.kind for c in changes] == [ChangeKind.MOVED]
     peer = next(iter(table))
@@ -139,8 +145,8 @@ def test_static_servers_and_unrelated_addresses_are_left_alone() -> None:
 def test_a_dual_stack_server_is_reached_over_ipv4_first() -> None:
     table = PeerTable()
     table.observe(hb(1), "fe80::1%eth0", 0.0)  # the IPv6 heartbeat came first
-    assert table.observe(hb(1), "fd77::1", 0.1) is not None  # a prefix before link-local
-    change = table.observe(hb(1), "10.77.0.1", 0.2)
+    assert table.observe(hb(1), "fd77::1", 0.1, proven=True) is not None  # a prefix before link-local
+    change = table.observe(hb(1), "10.77.0.1", 0.2, proven=True)
     assert change is not None and change.kind is ChangeKind.MOVED
     assert next(iter(table)).endpoint == Endpoint("10.77.0.1", 11435)
     # IPv6 heartbeats go on refreshing the entry without moving it back.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import itertools
 import math
 import random
 from dataclasses import replace
@@ -191,8 +192,11 @@ def test_register_and_withdraw_at_once_updates_wait_for_the_gap() -> None:
 # -- the peer table: one server, two paths ---------------------------------------------------------
 
 
+_SEQ = itertools.count(1)
+
+
 def hb(inst: int = 1, port: int = 11435, interval_ms: int = 1000) -> Heartbeat:
-    return Heartbeat(NODE, bytes([inst]) * 8, 1, port, interval_ms, hostname="gpu-box")
+    return Heartbeat(NODE, bytes([inst]) * 8, next(_SEQ), port, interval_ms, hostname="gpu-box")
 
 
 def test_a_server_seen_both_ways_is_one_peer_listing_both_paths() -> None:
@@ -209,6 +213,7 @@ def test_heartbeats_lost_the_mdns_path_keeps_the_peer_and_a_withdrawal_removes_i
     t = PeerTable(missed_heartbeats=3, mdns_grace=3.0)
     t.observe(hb(), "10.0.0.1", 0.0)
     t.observe(hb(interval_ms=0), "10.0.0.1", 0.0, via=Source.MDNS)
+    t.mark_healthy(NODE.hex(), 1.0, 0.0)  # its first check
     assert t.expire(10.0) == [] and t.heard_by(NODE.hex(), Source.MDNS)
     assert not t.heard_by(NODE.hex(), Source.MULTICAST)
     assert t.withdraw(NODE.hex(), Source.MULTICAST) is None  # not a path any more
@@ -226,6 +231,7 @@ def test_withdrawing_mdns_leaves_a_peer_still_heard_by_heartbeats() -> None:
 def test_an_mdns_record_outliving_its_server_lasts_only_while_its_checks_pass() -> None:
     t = PeerTable(missed_heartbeats=3, mdns_grace=3.0)
     t.observe(hb(interval_ms=0), "10.0.0.1", 0.0, via=Source.MDNS)
+    t.mark_healthy(NODE.hex(), 1.0, 0.1)  # its first check
     assert t.expire(1000.0) == []  # healthy: no refresh needed
     t.mark_healthy(NODE.hex(), 1.0, 1000.0)  # a check it passed counts as hearing it
     t.mark_failed(NODE.hex(), 1001.0)
@@ -245,9 +251,9 @@ def test_mdns_moves_an_entry_only_when_no_heartbeat_is_heard_and_a_new_instance_
     assert t.observe(hb(interval_ms=0), "10.0.1.1", 0.1, via=Source.MDNS) is None  # heartbeats say where
     t2 = PeerTable()
     t2.observe(hb(interval_ms=0), "10.0.0.1", 0.0, via=Source.MDNS)
-    moved = t2.observe(hb(interval_ms=0), "10.0.1.1", 0.1, via=Source.MDNS)
+    moved = t2.observe(hb(interval_ms=0), "10.0.1.1", 0.1, via=Source.MDNS, proven=True)
     assert moved is not None and moved.kind is ChangeKind.MOVED and moved.peer.endpoint.host == "10.0.1.1"
-    restarted = t2.observe(hb(inst=2, interval_ms=0), "10.0.1.1", 0.2, via=Source.MDNS)
+    restarted = t2.observe(hb(inst=2, interval_ms=0), "10.0.1.1", 0.2, via=Source.MDNS, proven=True)
     assert restarted is not None and restarted.kind is ChangeKind.RESTARTED
 
 
@@ -265,6 +271,7 @@ def test_advertise_ollama_is_for_trust_mode_open_only() -> None:
 def test_a_failing_server_known_by_heartbeats_gains_no_mdns_path_from_an_old_record() -> None:
     t = PeerTable(missed_heartbeats=3, mdns_grace=3.0)
     t.observe(hb(), "10.0.0.1", 0.0)
+    t.mark_healthy(NODE.hex(), 1.0, 0.1)  # its first check
     t.mark_failed(NODE.hex(), 0.5)
     assert t.observe(hb(interval_ms=0), "10.0.0.1", 1.0, via=Source.MDNS) is None
     assert not t.heard_by(NODE.hex(), Source.MDNS)
@@ -276,6 +283,7 @@ def test_a_failing_server_known_by_heartbeats_gains_no_mdns_path_from_an_old_rec
 def test_a_server_that_answers_a_check_with_a_refusal_is_still_there() -> None:
     t = PeerTable(missed_heartbeats=3, mdns_grace=3.0)
     t.observe(hb(interval_ms=0), "10.0.0.1", 0.0, via=Source.MDNS)
+    t.mark_healthy(NODE.hex(), 1.0, 0.0)  # its first check
     t.mark_failed(NODE.hex(), 10.0, answered=True)  # a 403 while pairing: it is alive
     assert t.expire(12.0) == []
     t.mark_failed(NODE.hex(), 12.5)  # nothing answered
@@ -286,7 +294,7 @@ def test_the_preferred_address_wins_whichever_path_names_it() -> None:
     # An IPv6-only LAN: heartbeats come from link-local addresses, the record names the ULA too.
     t = PeerTable()
     t.observe(hb(), "fe80::2%eth0", 0.0)
-    moved = t.observe(hb(interval_ms=0), "fd00:77::2", 0.1, via=Source.MDNS)
+    moved = t.observe(hb(interval_ms=0), "fd00:77::2", 0.1, via=Source.MDNS, proven=True)
     assert moved is not None and moved.kind is ChangeKind.MOVED and moved.peer.endpoint.host == "fd00:77::2"
     assert t.observe(hb(), "fe80::2%eth0", 0.5) is None  # heartbeats do not move it back...
     t.mark_healthy(NODE.hex(), 1.0, 3.0)  # ...while it answers there

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import itertools
+from dataclasses import replace
+
 from ollana.config import Endpoint
 from ollana.discovery.packet import Goodbye, Heartbeat
 from ollana.discovery.peers import ChangeKind, PeerTable
 
+_SEQ = itertools.count(1)
+
 
 def hb(node: int, inst: int = 1, port: int = 11435, interval_ms: int = 1000) -> Heartbeat:
-    return Heartbeat(bytes([node]) * 16, bytes([inst]) * 8, 1, port, interval_ms, hostname=f"h{node}")
+    return Heartbeat(bytes([node]) * 16, bytes([inst]) * 8, next(_SEQ), port, interval_ms, hostname=f"h{node}")
 
 
 def key(node: int) -> str:
@@ -26,7 +31,7 @@ def test_add_refresh_and_expire_after_three_missed_heartbeats() -> None:
 def test_goodbye_removes_at_once_but_not_a_restarted_successor() -> None:
     t = PeerTable()
     t.observe(hb(1, inst=1), "10.0.0.1", 0.0)
-    restarted = t.observe(hb(1, inst=2), "10.0.0.1", 0.5)
+    restarted = t.observe(hb(1, inst=2), "10.0.0.1", 0.5, proven=True)
     assert restarted is not None and restarted.kind is ChangeKind.RESTARTED
     assert t.goodbye(Goodbye(bytes([1]) * 16, bytes([1]) * 8, 9)) is None
     removed = t.goodbye(Goodbye(bytes([1]) * 16, bytes([2]) * 8, 9))
@@ -64,8 +69,9 @@ def test_choice_is_stable_while_healthy_and_moves_on_failure() -> None:
 def test_restart_forgets_failures() -> None:
     t = PeerTable()
     t.observe(hb(1, inst=1), "10.0.0.1", 0.0)
+    t.mark_healthy(key(1), 1.0, 0.05)
     t.mark_failed(key(1), 0.1)
-    t.observe(hb(1, inst=2), "10.0.0.1", 0.2)
+    t.observe(hb(1, inst=2), "10.0.0.1", 0.2, proven=True)
     peer = t.get(key(1))
     assert peer is not None and peer.healthy
 
@@ -73,10 +79,11 @@ def test_restart_forgets_failures() -> None:
 def test_port_change_and_address_move() -> None:
     t = PeerTable()
     t.observe(hb(1), "10.0.0.1", 0.0)
-    moved = t.observe(hb(1, port=9999), "10.0.0.1", 0.5)
+    assert t.observe(hb(1, port=9999), "10.0.0.1", 0.4) is None  # a claim, not proven yet
+    moved = t.observe(hb(1, port=9999), "10.0.0.1", 0.5, proven=True)
     assert moved is not None and moved.kind is ChangeKind.MOVED
-    # Heard on a second address while the first is fresh: stay put.
-    assert t.observe(hb(1, port=9999), "10.0.1.1", 0.6) is None
+    # Heard (and proven) on a second address while the first is fresh: stay put.
+    assert t.observe(hb(1, port=9999), "10.0.1.1", 0.6, proven=True) is None
     assert t.get(key(1)).endpoint == Endpoint("10.0.0.1", 9999)  # type: ignore[union-attr]
     # The first address goes quiet past the TTL: move to the one still heard.
     t.observe(hb(1, port=9999), "10.0.1.1", 2.0)
@@ -103,9 +110,13 @@ def test_trust_mode_and_checked_device_id_are_kept_and_shown() -> None:
     peer = t.get(key(1))
     assert peer is not None and peer.url == "https://10.0.0.1:11435"
     assert peer.status(0.0)["trust"] == "devices" and peer.status(0.0)["device_id"] == "A" * 52
-    # A new identity (reset on the server) replaces the old one once checked.
-    t.observe(beat, "10.0.0.1", 1.0, device_id="B" * 52)
-    assert peer.device_id == "B" * 52
+    # Another key claiming the node while the known one is heard: dropped, even with its
+    # certificate checked. Once the known one went quiet (a server that reset its identity and
+    # restarted without a goodbye), the new identity, checked, replaces it.
+    assert t.observe(beat, "10.0.0.1", 1.0, device_id="B" * 52, proven=True) is None
+    assert peer.device_id == "A" * 52
+    change = t.observe(beat, "10.0.0.1", 3.5, device_id="B" * 52, proven=True)
+    assert change is not None and change.kind is ChangeKind.RESTARTED and peer.device_id == "B" * 52
     static = t.add_static(Endpoint("10.0.0.9", 11435), 0.0, scheme="https", trust="devices")
     assert static is not None and static.peer.url == "https://10.0.0.9:11435" and static.peer.device_id is None
 
@@ -113,18 +124,22 @@ def test_trust_mode_and_checked_device_id_are_kept_and_shown() -> None:
 # -- the heartbeat decision, apart from the table ----------------------------------------------
 
 
-def test_heartbeat_effect_is_decided_from_the_entry_and_the_packet_alone() -> None:
-    from ollana.discovery.peers import Peer, Source, heartbeat_effect
+def test_a_heartbeat_is_judged_from_the_entry_and_the_packet_alone() -> None:
+    from ollana.discovery.claims import Verdict, judge, moves
+    from ollana.discovery.peers import Peer, Source
 
-    assert heartbeat_effect(None, hb(1), "10.0.0.1", 0.0, 3) is ChangeKind.ADDED
     peer = Peer(key(1), Endpoint("10.0.0.1", 11435), Source.MULTICAST, 0.0, 0.0, 3.0,
-                instance_id=(bytes([1]) * 8).hex(), addresses={"10.0.0.1": 0.0})
-    assert heartbeat_effect(peer, hb(1), "10.0.0.1", 1.0, 3) is None  # a refresh
-    assert heartbeat_effect(peer, hb(1, inst=2), "10.0.0.1", 1.0, 3) is ChangeKind.RESTARTED
-    assert heartbeat_effect(peer, hb(1, port=11500), "10.0.0.1", 1.0, 3) is ChangeKind.MOVED
+                instance_id=(bytes([1]) * 8).hex(), addresses={"10.0.0.1": 0.0}, seqs={"10.0.0.1": 5})
+    beat = replace(hb(1), seq=6)
+    assert judge(peer, beat, "10.0.0.1", 1.0, None, check_seq=True) is Verdict.REFRESH
+    assert judge(peer, replace(beat, seq=5), "10.0.0.1", 1.0, None, check_seq=True) is Verdict.REPLAY
+    assert judge(peer, replace(beat, seq=5), "10.0.0.1", 1.0, None, check_seq=False) is Verdict.REFRESH  # mDNS
+    assert judge(peer, hb(1, inst=2), "10.0.0.1", 1.0, None, check_seq=True) is Verdict.NEEDS_PROOF
+    assert judge(peer, hb(1, port=11500), "10.0.0.1", 1.0, None, check_seq=True) is Verdict.NEEDS_PROOF
+    assert judge(peer, beat, "10.0.0.2", 1.0, None, check_seq=True) is Verdict.NEEDS_PROOF
     # Heard on a second address while the first still speaks: stays; once the first is quiet
     # for a whole TTL (3 intervals of 1 s), it moves.
-    assert heartbeat_effect(peer, hb(1), "10.0.0.2", 2.9, 3) is None
-    assert heartbeat_effect(peer, hb(1), "10.0.0.2", 3.1, 3) is ChangeKind.MOVED
+    assert not moves(peer, "10.0.0.2", 2.9, mdns=False, multicast_heard=True)
+    assert moves(peer, "10.0.0.2", 3.1, mdns=False, multicast_heard=True)
     # The decision changed nothing.
     assert peer.endpoint == Endpoint("10.0.0.1", 11435) and peer.addresses == {"10.0.0.1": 0.0}

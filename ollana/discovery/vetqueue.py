@@ -1,0 +1,123 @@
+"""Which claims get checked, and when: a bounded, fair queue. Pure: no sockets, no clock.
+
+Checking a claim costs a connection (a TLS handshake, a status request) that may hang until its
+timeout, so a host that forges heartbeats could keep every check busy. Two lanes: a re-check
+of a server that already proved itself (``Lane.KNOWN``) always goes first and has slots of its
+own; anything else (``Lane.UNKNOWN``: a new device ID, a new address or instance of a known
+node, a new server's first health check) passes a per-source rate and a global rate, waits in a
+bounded queue that drops the oldest when full, and runs in a few slots of its own.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Final, Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+KNOWN_SLOTS: Final = 8
+UNKNOWN_SLOTS: Final = 8
+MAX_WAITING: Final = 64
+# One unknown claim per source address per this many seconds...
+SOURCE_GAP: Final = 1.0
+# ... and at most this many a second from all sources together (a token bucket of BURST).
+GLOBAL_RATE: Final = 20.0
+BURST: Final = 20.0
+MAX_SOURCES: Final = 4096
+
+
+class Lane(enum.Enum):
+    KNOWN = "known"
+    UNKNOWN = "unknown"
+
+
+class Offer(enum.Enum):
+    """What became of an offered claim (stable tags, for logs and counters)."""
+
+    QUEUED = "queued"
+    DUPLICATE = "duplicate"  # already waiting or running
+    SOURCE_RATE = "source_rate"  # this source had its turn a moment ago
+    GLOBAL_RATE = "global_rate"  # too many unknown claims a second from everyone
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    known_slots: int = KNOWN_SLOTS
+    unknown_slots: int = UNKNOWN_SLOTS
+    max_waiting: int = MAX_WAITING
+    source_gap: float = SOURCE_GAP
+    rate: float = GLOBAL_RATE
+    burst: float = BURST
+
+
+class VetQueue(Generic[K]):
+    """Keys of claims to check. ``offer`` what arrives, ``take`` what may start now, ``done``
+    when a check ends. Every method is told the time."""
+
+    def __init__(self, limits: Limits = Limits()) -> None:
+        self._limits = limits
+        self._waiting: dict[Lane, OrderedDict[K, None]] = {lane: OrderedDict() for lane in Lane}
+        self._running: dict[K, Lane] = {}
+        self._source_at: OrderedDict[str, float] = OrderedDict()
+        self._tokens = limits.burst
+        self._refilled: float | None = None
+        self.dropped: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return sum(len(w) for w in self._waiting.values())
+
+    def running(self, lane: Lane) -> int:
+        return sum(1 for held in self._running.values() if held is lane)
+
+    def offer(self, key: K, source: str, lane: Lane, now: float) -> tuple[Offer, K | None]:
+        """Queue ``key`` (a claim from ``source``). Returns what became of it, and the key that was
+        dropped to make room for it (the oldest unknown one), if any."""
+        if key in self._running or any(key in w for w in self._waiting.values()):
+            return Offer.DUPLICATE, None
+        if lane is Lane.KNOWN:
+            self._waiting[lane][key] = None  # bounded by the servers that proved themselves
+            return Offer.QUEUED, None
+        last = self._source_at.get(source)
+        if last is not None and now - last < self._limits.source_gap:
+            return self._count(Offer.SOURCE_RATE), None
+        self._refill(now)
+        if self._tokens < 1.0:
+            return self._count(Offer.GLOBAL_RATE), None
+        self._tokens -= 1.0
+        self._source_at[source] = now
+        self._source_at.move_to_end(source)
+        if len(self._source_at) > MAX_SOURCES:
+            self._source_at.popitem(last=False)
+        waiting = self._waiting[Lane.UNKNOWN]
+        waiting[key] = None
+        evicted = None
+        if len(waiting) > self._limits.max_waiting:
+            evicted, _ = waiting.popitem(last=False)
+            self._count(Offer.QUEUED, "evicted")
+        return Offer.QUEUED, evicted
+
+    def take(self) -> tuple[K, Lane] | None:
+        """The next claim to check now, if a slot is free: known ones first."""
+        for lane, slots in ((Lane.KNOWN, self._limits.known_slots), (Lane.UNKNOWN, self._limits.unknown_slots)):
+            waiting = self._waiting[lane]
+            if waiting and self.running(lane) < slots:
+                key, _ = waiting.popitem(last=False)
+                self._running[key] = lane
+                return key, lane
+        return None
+
+    def done(self, key: K) -> None:
+        self._running.pop(key, None)
+
+    def _refill(self, now: float) -> None:
+        if self._refilled is not None and now > self._refilled:
+            self._tokens = min(self._limits.burst, self._tokens + (now - self._refilled) * self._limits.rate)
+        self._refilled = now if self._refilled is None else max(self._refilled, now)
+
+    def _count(self, what: Offer, tag: str | None = None) -> Offer:
+        name = tag or what.value
+        self.dropped[name] = self.dropped.get(name, 0) + 1
+        return what
