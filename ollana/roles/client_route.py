@@ -51,11 +51,24 @@ _MERGED = {Kind.TAGS: "tags", Kind.PS: "ps", Kind.MODELS: "models"}
 _SHOWS = {Kind.TAGS: "models", Kind.PS: "loaded", Kind.MODELS: "models"}
 
 
+# Why a peer changed state, in words (each log line says it; the check's own error is logged with it).
+_REASONS: Final = {
+    ChangeKind.ADDED: "answered its first health check as that node",
+    ChangeKind.RESTARTED: "a new instance of the node (it restarted)",
+    ChangeKind.MOVED: "answered as that node at a new address",
+    ChangeKind.REMOVED: "said goodbye, or was removed",
+    ChangeKind.EXPIRED: "not heard for its lifetime",
+    ChangeKind.HEALTHY: "answered its health check again",
+    ChangeKind.UNHEALTHY: "a health check or request failed",
+}
+
+
 def log_change(change: Change | None) -> None:
     if change is None:
         return
     p = change.peer
-    fields = {"peer": p.key, "hostname": p.hostname or None, "address": str(p.endpoint), "source": p.source.value}
+    fields = {"peer": p.key, "hostname": p.hostname or None, "address": str(p.endpoint), "source": p.source.value,
+              "reason": _REASONS[change.kind]}
     if change.kind in (ChangeKind.UNHEALTHY, ChangeKind.EXPIRED):
         log.warning(f"peer_{change.kind.value}", **fields)
     else:
