@@ -24,7 +24,6 @@ import json
 import os
 import random
 import socket
-import struct
 import time
 
 from ollana.discovery.packet import (
@@ -35,18 +34,11 @@ from ollana.discovery.packet import (
     decode,
     encode,
 )
-
-GROUP = "239.255.11.36"
-PORT = 11436
+from tests.lab.impostor import GROUP, PORT, group_listener
 
 
 def capture(address: str, want: int, timeout: float) -> dict[bytes, tuple[bytes, Heartbeat]]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("", PORT))
-    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
-                    struct.pack("4s4s", socket.inet_aton(GROUP), socket.inet_aton(address)))
+    sock = group_listener(address)
     heard: dict[bytes, tuple[bytes, Heartbeat]] = {}
     deadline = time.monotonic() + timeout
     try:

@@ -33,13 +33,19 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def capture(address: str, timeout: float) -> tuple[bytes, Heartbeat]:
+def group_listener(address: str) -> socket.socket:
+    """A socket that hears the discovery group on the interface with ``address``."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(("", PORT))
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
                     struct.pack("4s4s", socket.inet_aton(GROUP), socket.inet_aton(address)))
+    return sock
+
+
+def capture(address: str, timeout: float) -> tuple[bytes, Heartbeat]:
+    sock = group_listener(address)
     sock.settimeout(timeout)
     try:
         while True:
