@@ -158,9 +158,11 @@ class ClientNode:
             return
         if change.peer.proven:
             log_change(change)
+            # What left is named in the 503. Not an unproven entry's coming and going: a late
+            # heartbeat after a goodbye must not turn "said goodbye" into "heartbeats stopped".
+            self._route.note(change)
         else:
             self._unproven_change(change)
-        self._route.note(change)  # (what left is named in the 503)
         if change.kind in (ChangeKind.ADDED, ChangeKind.RESTARTED, ChangeKind.MOVED):
             if not change.peer.proven:
                 self._intake.check_first(change.peer, self._rt.clock())
