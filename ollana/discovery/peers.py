@@ -115,6 +115,7 @@ class Peer:
 class Change:
     kind: ChangeKind
     peer: Peer
+    first: bool = False  # a discovered server's first proof: it is really added now (logged so)
 
 
 class PeerTable:
@@ -161,7 +162,7 @@ class PeerTable:
         peer = self._peers.get(key)
         if via is Source.MDNS and peer is not None and self._stale(peer, Source.MDNS, now):
             return None  # the record outlived its server: it comes back when it announces anew
-        kind: ChangeKind | None = None
+        kind, first_proof = None, False
         if peer is None:
             kind = ChangeKind.ADDED
             peer = Peer(
@@ -183,6 +184,7 @@ class PeerTable:
                 peer, source_ip, now, mdns=via is Source.MDNS, multicast_heard=Source.MULTICAST in peer.heard,
             ):
                 kind = ChangeKind.MOVED
+            first_proof = proven and not peer.proven  # by the claim check: added, as if it answered
             peer.proven = peer.proven or proven
         if not peer.proven:
             self._unproven[key] = None  # (re)inserted last: the least recently seen go first
@@ -197,8 +199,8 @@ class PeerTable:
         if kind is not None:
             peer.instance_id = hb.instance_id.hex()
             peer.endpoint = Endpoint(source_ip, hb.proxy_port)
-            return Change(kind, peer)
-        return None
+            return Change(kind, peer, first_proof)
+        return Change(ChangeKind.ADDED, peer, True) if first_proof else None
 
     def judge(self, hb: Heartbeat, source_ip: str, now: float, device_id: str | None = None,
               via: Source = Source.MULTICAST) -> Verdict | None:

@@ -71,6 +71,8 @@ def log_change(change: Change | None) -> None:
               "reason": _REASONS[change.kind]}
     if change.kind in (ChangeKind.UNHEALTHY, ChangeKind.EXPIRED):
         log.warning(f"peer_{change.kind.value}", **fields)
+    elif change.first:  # proven by the claim check before any health check: its first answer
+        log.info("peer_added", **{**fields, "reason": "answered as that node (claim check)"})
     else:
         log.info(f"peer_{change.kind.value}", **fields)
 

@@ -143,3 +143,13 @@ def test_a_heartbeat_is_judged_from_the_entry_and_the_packet_alone() -> None:
     assert moves(peer, "10.0.0.2", 3.1, mdns=False, multicast_heard=True)
     # The decision changed nothing.
     assert peer.endpoint == Endpoint("10.0.0.1", 11435) and peer.addresses == {"10.0.0.1": 0.0}
+
+
+def test_a_discovered_servers_first_proof_is_its_addition() -> None:
+    # Heard at one address, proven at another (the claim check) before any health check answered:
+    # the change that makes it proven says so, whether it also moves the entry or not.
+    t = PeerTable()
+    t.observe(hb(1), "10.0.0.1", 0.0)
+    first = t.observe(hb(1), "fe80::1%eth0", 0.1, proven=True)
+    assert first is not None and first.first and first.kind is ChangeKind.ADDED
+    assert t.observe(hb(1), "fe80::1%eth0", 0.2, proven=True) is None  # once only
