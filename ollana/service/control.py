@@ -63,23 +63,8 @@ def stop(pid_file: Path, *, timeout: float | None = None, poll: float = 0.05) ->
         state = read_state(pid_file) or {}
         grace = float(state.get("grace_s") or DEFAULT_GRACE)
         limit = timeout if timeout is not None else grace + STOP_MARGIN
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass  # it is exiting already; wait for the lock below
-        except PermissionError:
-            print_error(f"not allowed to stop ollana (pid {pid}): it runs as another user; try with sudo")
-            return EXIT_UNKNOWN
-        started = time.monotonic()
         # The lock is released when the process is gone (the kernel closes its files).
-        while is_held(fd):
-            if time.monotonic() - started >= limit:
-                print_error(f"ollana (pid {pid}) is still running {limit:g} s after SIGTERM; "
-                     "it did not stop (see its log)")
-                return EXIT_FAILED
-            time.sleep(poll)
-        print(f"ollana stopped (pid {pid}, {time.monotonic() - started:.1f} s)")
-        return EXIT_OK
+        return _terminate(pid, limit, lambda: is_held(fd), poll, " (see its log)")
     finally:
         os.close(fd)
 
@@ -201,20 +186,25 @@ def stop_record(rec: RuntimeRecord, *, timeout: float | None = None, poll: float
     """``ollana stop`` of a node without a pid file: SIGTERM the pid its live record names (the
     record's process start time rules out a reused pid), then wait for it to exit."""
     limit = timeout if timeout is not None else rec.grace_s + STOP_MARGIN
+    return _terminate(rec.pid, limit, lambda: alive(rec), poll)
+
+
+def _terminate(pid: int, limit: float, running: Callable[[], bool], poll: float, hint: str = "") -> int:
+    """SIGTERM ``pid``, then wait up to ``limit`` seconds while ``running()`` says it still runs."""
     try:
-        os.kill(rec.pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        pass
+        pass  # it is exiting already: wait below
     except PermissionError:
-        print_error(f"not allowed to stop ollana (pid {rec.pid}): it runs as another user; try with sudo")
+        print_error(f"not allowed to stop ollana (pid {pid}): it runs as another user; try with sudo")
         return EXIT_UNKNOWN
     started = time.monotonic()
-    while alive(rec):
+    while running():
         if time.monotonic() - started >= limit:
-            print_error(f"ollana (pid {rec.pid}) is still running {limit:g} s after SIGTERM; it did not stop")
+            print_error(f"ollana (pid {pid}) is still running {limit:g} s after SIGTERM; it did not stop{hint}")
             return EXIT_FAILED
         time.sleep(poll)
-    print(f"ollana stopped (pid {rec.pid}, {time.monotonic() - started:.1f} s)")
+    print(f"ollana stopped (pid {pid}, {time.monotonic() - started:.1f} s)")
     return EXIT_OK
 
 

@@ -101,6 +101,16 @@ class Watcher:
         return json.loads(lines[-1])
 
 
+def app_get(host: Host, path: str = "/api/tags") -> dict[str, Any]:
+    """What an Ollama app on ``host`` gets from 127.0.0.1:11434: its status and JSON body."""
+    res = host.python(
+        "import httpx,json;"
+        f"r=httpx.get('http://127.0.0.1:11434{path}',timeout=15);"
+        "print(json.dumps({'status':r.status_code,'body':r.json()}))"
+    )
+    return dict(json.loads(res.stdout))
+
+
 def status(host: Host, port: int = 11434, addr: str = "127.0.0.1") -> dict[str, Any]:
     code = (
         "import httpx,sys;"

@@ -16,7 +16,16 @@ from typing import Any, Final
 import pytest
 
 from tests.lab.netns import Host, Lab
-from tests.lab.ollanalan import build, clientops, device, device_id, pair, start_ollana, status
+from tests.lab.ollanalan import (
+    app_get,
+    build,
+    clientops,
+    device,
+    device_id,
+    pair,
+    start_ollana,
+    status,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -97,22 +106,13 @@ def test_a_server_that_vanishes_mid_stream_is_named(lab: Lab) -> None:
     assert "TransferEncoding" not in json.dumps(ended)
 
 
-def app_get(host: Host, path: str = "/api/version") -> dict[str, Any]:
-    res = host.python(
-        "import httpx,json;"
-        f"r=httpx.get('http://127.0.0.1:11434{path}',timeout=15);"
-        "print(json.dumps({'status':r.status_code,'body':r.json()}))"
-    )
-    return dict(json.loads(res.stdout))
-
-
 def test_the_503_names_each_server_heard_and_why_it_is_not_used(lab: Lab) -> None:
     # A server in the other trust mode is heard but never used: the 503 names it and says why.
     lan = build(lab, servers=1, trust="open", start_client=False)
     server, c = lan.servers[0], lan.client.host
     lan.client.proc = start_ollana(c, trust="devices")
     c.wait_for_line(f"ollana-{c.name}", r'"event": "server_ignored"', timeout=15)
-    got = app_get(c)
+    got = app_get(c, "/api/version")
     assert got["status"] == 503, got
     said = got["body"]["error"]
     assert said.startswith("ollana: no usable Ollama server found; known server: ")
@@ -126,6 +126,6 @@ def test_the_503_names_each_server_heard_and_why_it_is_not_used(lab: Lab) -> Non
     assert server.fake is not None
     server.fake.send_signal(signal.SIGKILL)
     c2.wait_for_line(f"ollana-{c2.name}", r'"event": "peer_removed"', timeout=15)
-    got = app_get(c2)
+    got = app_get(c2, "/api/version")
     assert got["status"] == 503, got
     assert f"({server.host.ip}:11435): it said goodbye: it was stopped, or its Ollama stopped answering (" in got["body"]["error"], got

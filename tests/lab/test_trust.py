@@ -22,6 +22,7 @@ from tests.lab.netns import Host, Lab
 from tests.lab.ollanalan import (
     INTERVAL,
     Watcher,
+    app_get,
     build,
     clientops,
     device,
@@ -73,16 +74,6 @@ except Exception as exc:
     print("BROKEN", repr(exc), flush=True)
 print("END", time.time(), n, flush=True)
 """
-
-
-def app_get(host: Host, path: str = "/api/tags") -> dict[str, Any]:
-    """What an Ollama app on ``host`` gets from 127.0.0.1:11434."""
-    res = host.python(
-        "import httpx,json;"
-        f"r=httpx.get('http://127.0.0.1:11434{path}',timeout=15);"
-        "print(json.dumps({'status':r.status_code,'body':r.json()}))"
-    )
-    return dict(json.loads(res.stdout))
 
 
 def forwarded(server: Host) -> list[str]:
