@@ -2,8 +2,8 @@
 
 The request path calls :class:`RequestObserver` once when a request starts and once when it
 ends; routing, vetting and the gate call one method each where they already decide. The request path
-stays cheap (about 13 µs of CPU per request, ``tests/bench/obscost.py``): each kind of request's
-series are looked up once, the ring stores a tuple. What is a
+stays cheap (``tests/bench/obscost.py``): a request adds to plain numbers of its series
+(``tally.py``), which become Prometheus families only at scrape time; the ring stores a tuple. What is a
 state rather than an event (peers, discovery counters, the upstream's health) is read from the
 role's status document at scrape time (``collect.py``), so nothing has to be kept in step.
 """
@@ -16,16 +16,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from ollana.fleet.catalog import SERVER_HEADER
 from ollana.observe.collect import StatusCollector
 from ollana.observe.labels import Bounded, model_label, route_name, status_label
 from ollana.observe.recent import RecentRequests
+from ollana.observe.tally import RequestTally, Series
 
-# From a cached answer in milliseconds to a model loading for minutes.
-LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                          60.0, 120.0, 300.0, float("inf"))
 # At most this many distinct servers and models get their own series; the rest are "other".
 MAX_SERVERS: Final = 64
 MAX_MODELS: Final = 50
@@ -57,27 +55,10 @@ class Metrics:
         self._recent: dict[str, RecentRequests] = {}
         self._collector = StatusCollector()
         registry.register(self._collector)
-        self.requests = Counter(
-            "ollana_requests", "Requests answered, by listener role, route, status, server and model",
-            ["role", "route", "status", "server", "model"], registry=registry,
-        )
+        self.tally = RequestTally()
+        registry.register(self.tally)
         self.in_flight = Gauge("ollana_requests_in_flight", "Requests being answered now", ["role"],
                                registry=registry)
-        self.response_bytes = Counter(
-            "ollana_response_body_bytes", "Response body bytes sent to callers", ["role", "route"],
-            registry=registry,
-        )
-        self.first_byte = Histogram(
-            "ollana_request_first_byte_seconds",
-            "From a request's arrival to the start of the upstream's answer (forwarded requests)",
-            ["role", "route", "model"], buckets=LATENCY_BUCKETS, registry=registry,
-        )
-        self.duration = Histogram(
-            "ollana_request_duration_seconds", "From a request's arrival to the end of its answer",
-            ["role", "route", "model"], buckets=LATENCY_BUCKETS, registry=registry,
-        )
-        self.routing = Counter("ollana_routing_decisions", "Client routing decisions, by the rule that chose",
-                               ["why"], registry=registry)
         self.vetting = Counter("ollana_tls_vetting", "Checks of a server's certificate against its announced "
                                "device ID, by outcome", ["outcome"], registry=registry)
         self.refusals = Counter("ollana_trust_refusals", "Requests the server's gate refused, by reason",
@@ -95,7 +76,8 @@ class Metrics:
         self._collector.track(role, status)
 
     def routed(self, why: str) -> None:
-        self.routing.labels(why.replace(" ", "_")).inc()
+        routing = self.tally.routing  # once per client request: a plain count, like the requests'
+        routing[why] = routing.get(why, 0) + 1
 
     def vetted(self, outcome: str) -> None:
         self.vetting.labels(outcome).inc()
@@ -122,18 +104,6 @@ class Metrics:
         return self._wall()
 
 
-class _Series:
-    """The series one kind of request updates, looked up once (``labels()`` costs microseconds)."""
-
-    __slots__ = ("bytes", "duration", "first_byte", "requests")
-
-    def __init__(self, m: Metrics, role: str, route: str, status: str, server: str, model: str) -> None:
-        self.requests = m.requests.labels(role, route, status, server, model)
-        self.bytes = m.response_bytes.labels(role, route)
-        self.first_byte = m.first_byte.labels(role, route, model)
-        self.duration = m.duration.labels(role, route, model)
-
-
 class RequestObserver:
     """One listener's view of the metrics (its role label, its ring of recent requests)."""
 
@@ -146,7 +116,7 @@ class RequestObserver:
         self.active = 0
         metrics.in_flight.labels(role).set_function(lambda: self.active)
         # Bounded like the labels themselves: routes x statuses x 64 servers x 50 models at most.
-        self._series: dict[tuple[str, str, str, str], _Series] = {}
+        self._series: dict[tuple[str, str, str, str], Series] = {}
 
     def begin(self) -> Trip:
         self.active += 1
@@ -160,10 +130,9 @@ class RequestObserver:
                m.model_label(trip.model, self._listed))
         series = self._series.get(key)
         if series is None:
-            series = self._series[key] = _Series(m, self._role, *key)
-        series.requests.inc()
-        if sent:
-            series.bytes.inc(sent)
+            series = self._series[key] = m.tally.get((self._role, *key))
+        series.requests += 1
+        series.sent += sent
         if trip.first_byte is not None:
             series.first_byte.observe(trip.first_byte - trip.started)
         series.duration.observe(elapsed)
