@@ -20,13 +20,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from ollana.fleet.catalog import SERVER_HEADER
 from ollana.observe.collect import StatusCollector
-from ollana.observe.labels import Bounded, model_label, route_name, status_label
+from ollana.observe.labels import OTHER, Bounded, model_label, route_name, status_label
 from ollana.observe.recent import RecentRequests
 from ollana.observe.tally import RequestTally, Series
 
 # At most this many distinct servers and models get their own series; the rest are "other".
 MAX_SERVERS: Final = 64
 MAX_MODELS: Final = 50
+SEEN_MAX: Final = 1024  # kinds of request remembered by what they carried
 OWN_PREFIX: Final = "/ollana/"
 
 
@@ -117,6 +118,9 @@ class RequestObserver:
         metrics.in_flight.labels(role).set_function(lambda: self.active)
         # Bounded like the labels themselves: routes x statuses x 64 servers x 50 models at most.
         self._series: dict[tuple[str, str, str, str], Series] = {}
+        # The same by what a request carried (path, status, server, model), so that a repeated
+        # kind of request skips working out its labels. Bounded: a path may be anything.
+        self._seen: dict[tuple[str, int, str, str], Series] = {}
 
     def begin(self) -> Trip:
         self.active += 1
@@ -126,11 +130,17 @@ class RequestObserver:
         elapsed = time.perf_counter() - trip.started
         self.active -= 1
         m = self._m
-        key = (route_name(path), status_label(status), m.server_label(trip.server),
-               m.model_label(trip.model, self._listed))
-        series = self._series.get(key)
+        seen = (path, status, trip.server, trip.model)
+        series = self._seen.get(seen)
         if series is None:
-            series = self._series[key] = m.tally.get((self._role, *key))
+            model = m.model_label(trip.model, self._listed)
+            key = (route_name(path), status_label(status), m.server_label(trip.server), model)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = m.tally.get((self._role, *key))
+            # A model no catalogue lists (yet) is "other" only until one does: not remembered.
+            if len(self._seen) < SEEN_MAX and model != OTHER:
+                self._seen[seen] = series
         series.requests += 1
         series.sent += sent
         if trip.first_byte is not None:

@@ -55,3 +55,34 @@ def test_series_add_up_per_family_labels() -> None:
 
 def test_an_empty_tally_scrapes() -> None:
     assert samples(RequestTally()) == {}
+
+
+def test_a_model_listed_later_gets_its_own_label_and_paths_stay_bounded() -> None:
+    from ollana.fleet.names import model_key
+    from ollana.observe.metrics import SEEN_MAX, Metrics
+
+    listed: set[str] = set()
+    metrics = Metrics()
+    obs = metrics.observer("client", listed.__contains__)
+    model = model_key("new:1b")
+
+    def chat() -> None:
+        trip = obs.begin()
+        trip.model = model
+        obs.done("POST", "/api/chat", trip, 200, 1)
+
+    chat()  # no catalogue lists it yet: "other"
+    listed.add(model)  # pulled
+    chat()
+    chat()
+    got = samples(metrics.tally)
+    base = (("role", "client"), ("route", "/api/chat"), ("server", "none"), ("status", "200"))
+    assert got[("ollana_requests_total", (("model", "other"), *base))] == 1
+    assert got[("ollana_requests_total", (("model", "new:1b"), *base))] == 2
+
+    for i in range(SEEN_MAX + 100):  # endless distinct paths: one "other" series, a bounded memo
+        obs.done("GET", f"/x/{i}", obs.begin(), 404, 0)
+    assert len(obs._seen) <= SEEN_MAX
+    assert got != samples(metrics.tally)
+    assert samples(metrics.tally)[("ollana_requests_total", (("model", "none"), ("role", "client"), ("route", "other"),
+                                                            ("server", "none"), ("status", "404")))] == SEEN_MAX + 100
