@@ -76,7 +76,9 @@ class Procs:
     workdir: Path
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Proc:
+    def start(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> Proc:
         log = self.workdir / f"{name}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
@@ -85,7 +87,7 @@ class Procs:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=dict(env) if env is not None else None,
-                cwd=REPO,
+                cwd=cwd or REPO,
                 start_new_session=True,
             )
         proc = Proc(name, list(argv), popen, log)
