@@ -101,3 +101,12 @@ def moves(peer: Peer, source_ip: str, now: float, *, mdns: bool, multicast_heard
     if mdns:
         return not multicast_heard
     return not _fresh(peer, now)
+
+
+def rehomes(peer: Peer, hb: Heartbeat, source_ip: str) -> bool:
+    """Whether a heartbeat moves an entry that has proven nothing yet (its first check is still
+    to come) to ``source_ip``, a preferred address (``links.preference``) of the same instance
+    and port: the first check then asks there. It proves nothing (the check does), and the entry
+    keeps only that address: one heard before it is believed only once it answers itself."""
+    return (not peer.proven and peer.instance_id == hb.instance_id.hex() and peer.endpoint.port == hb.proxy_port
+            and preference(source_ip) < preference(peer.endpoint.host))

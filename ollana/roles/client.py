@@ -192,8 +192,10 @@ class ClientNode:
     # -- catalogues ------------------------------------------------------------------------
 
     def _announced(self, peer: Peer | None, generation: int | None = None) -> None:
-        """A server said which catalogue it has: fetch it if it is not the one held."""
-        if peer is not None and self._route_policy_usable(peer):
+        """A server said which catalogue it has: fetch it if it is not the one held. Not from a
+        server that has not proven itself yet: a forged heartbeat must not make us fetch (its
+        first check that passes asks for the catalogue)."""
+        if peer is not None and listed(peer) and self._route_policy_usable(peer):
             self._catalogs.announced(peer, generation, self._spawn)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
@@ -298,7 +300,7 @@ class ClientNode:
             tls = vetting.context(peer)
             if tls is None:
                 return  # not paired: never asked anything but the hello
-        started = time.perf_counter()
+        started, since, asked = time.perf_counter(), self._rt.clock(), peer.endpoint
         try:
             async with self._rt.session.get(
                 peer.url + "/ollana/v1/status", timeout=timeout, ssl=tls if tls is not None else True,
@@ -326,12 +328,15 @@ class ClientNode:
         except (TimeoutError, aiohttp.ClientError, ValueError, OSError, PeerIdentityMismatch, OtherNode) as exc:
             log.debug("peer_check_failed", peer=peer.key, error=str(exc) or type(exc).__name__)
             answered = isinstance(exc, ValueError)  # (a 403 over the pinned context: it is that device)
-            log_change(self._table.mark_failed(peer.key, self._rt.clock(), answered=answered, pinned=tls is not None))
+            log_change(self._table.mark_failed(peer.key, self._rt.clock(), answered=answered, pinned=tls is not None,
+                                               since=since))
             if vetting is not None and peer.device_id is not None:
                 await self._after_failed_check(vetting, peer, exc)
             elif vetting is None and peer.source in BY_ADDRESS:
                 await self._tell_if_tls(peer)
             return
+        if not peer.proven and peer.endpoint != asked:
+            return  # moved to a better address meanwhile (claims.rehomes): that one must answer itself
         if tls is not None and peer.device_id is not None and self._rt.devices is not None:
             # LAST SEEN of `ollana device list` on a client: when this paired server last answered.
             self._rt.devices.store.touch_last_seen(peer.device_id, self._rt.devices.wall())

@@ -19,7 +19,7 @@ import aiohttp
 import structlog
 
 from ollana.config import Endpoint, bracketed
-from ollana.discovery.claims import Claim, Verdict
+from ollana.discovery.claims import Claim, Verdict, rehomes
 from ollana.discovery.packet import TRUST_DEVICES, Heartbeat
 from ollana.discovery.peers import Change, Peer, PeerTable, Source
 from ollana.discovery.vetqueue import Lane, Offer, VetQueue
@@ -84,6 +84,10 @@ class Intake:
             self._dropped(verdict.value, hb, source, now)
             return
         if vetting is None or device_id is None:
+            known = self._table.get(hb.node_id.hex())
+            if verdict is Verdict.NEEDS_PROOF and known is not None and rehomes(known, hb, source):
+                self.observe(hb, source, now, None, via)  # not proven yet: its first check asks here
+                return
             if verdict is Verdict.NEEDS_PROOF:
                 claim = Claim.of(hb, source)
                 self._offer(("proof", claim), source, Lane.UNKNOWN, lambda: self._prove(hb, claim, via), now)
@@ -97,8 +101,9 @@ class Intake:
         if answer:
             self.observe(hb, source, now, device_id, via, proven=True)
         elif answer is None:
-            # A server that proved this very claim before is re-checked first, in its own lane.
-            lane = Lane.KNOWN if verdict is Verdict.REFRESH else Lane.UNKNOWN
+            # A server that proved this very claim before is re-checked first, in its own lane;
+            # a node heard for the first time before a known node's new address or device ID.
+            lane = Lane.KNOWN if verdict is Verdict.REFRESH else Lane.NEW if verdict is None else Lane.UNKNOWN
             node = hb.node_id.hex()
             if verdict is None and node in self._new_nodes:
                 return  # a new node is checked at one address at a time: the first one heard first
@@ -113,9 +118,10 @@ class Intake:
             self._announced(self._table.get(hb.node_id.hex()), hb.catalog_gen)
 
     def check_first(self, peer: Peer, now: float) -> None:
-        """A discovered server that has not answered yet: its first health check, queued."""
+        """A discovered server that has not answered yet: its first health check, queued before
+        checks of other addresses (``Lane.NEW``)."""
         key = peer.key
-        self._offer(("first", key), peer.endpoint.host, Lane.UNKNOWN, lambda: self._first(key), now)
+        self._offer(("first", key), peer.endpoint.host, Lane.NEW, lambda: self._first(key), now)
 
     async def _first(self, key: str) -> None:
         peer = self._table.get(key)
