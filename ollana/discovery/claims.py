@@ -110,3 +110,12 @@ def rehomes(peer: Peer, hb: Heartbeat, source_ip: str) -> bool:
     keeps only that address: one heard before it is believed only once it answers itself."""
     return (not peer.proven and peer.instance_id == hb.instance_id.hex() and peer.endpoint.port == hb.proxy_port
             and preference(source_ip) < preference(peer.endpoint.host))
+
+
+def asks_again(peer: Peer | None, started: float) -> bool:
+    """Whether a discovered server's first check, started at ``started`` and ended unanswered,
+    is queued again at once: only if it was heard meanwhile. That heartbeat found the check busy
+    and was dropped as a duplicate; it is not lost (a client starting with many servers on a busy
+    machine sees its first checks time out together, and would wait for each one's next
+    heartbeat). Never more checks than heartbeats: a forged server gets no extra ones."""
+    return peer is not None and not peer.proven and peer.last_seen > started

@@ -85,11 +85,11 @@ class ClientNode:
         self._beyond: Beyond | None = None
         # Servers in the other trust mode: said once per node, never used.
         self._mismatch = RateLimiter(math.inf)
-        health = aiohttp.ClientTimeout(total=rt.config.timings.health_timeout)
+        first = aiohttp.ClientTimeout(total=rt.config.timings.first_check_timeout)
         self._intake = Intake(
             self._table, self._vetting, trust=rt.config.trust.value, session=rt.session,
             timeout=rt.config.timings.health_timeout, clock=rt.clock, apply=self._apply,
-            announced=self._announced, first_check=lambda peer: self._check(peer, health),
+            announced=self._announced, first_check=lambda peer: self._check(peer, first),
             other_mode=self._route.other_mode,
         )
         # Forged floods make unproven servers come and go: their lines are rate-limited.

@@ -19,7 +19,7 @@ import aiohttp
 import structlog
 
 from ollana.config import Endpoint, bracketed
-from ollana.discovery.claims import Claim, Verdict, rehomes
+from ollana.discovery.claims import Claim, Verdict, asks_again, rehomes
 from ollana.discovery.packet import TRUST_DEVICES, Heartbeat
 from ollana.discovery.peers import Change, Peer, PeerTable, Source
 from ollana.discovery.vetqueue import Lane, Offer, VetQueue
@@ -125,8 +125,14 @@ class Intake:
 
     async def _first(self, key: str) -> None:
         peer = self._table.get(key)
-        if peer is not None and not peer.proven:
-            await self._first_check(peer)
+        if peer is None or peer.proven:
+            return
+        started = self._clock()
+        await self._first_check(peer)
+        again = self._table.get(key)
+        if asks_again(again, started) and again is not None:
+            self.queue.done(("first", key))  # (this check ended: the heartbeat heard meanwhile asks again)
+            self.check_first(again, self._clock())
 
     async def _vet(self, vetting: ServerVetting, hb: Heartbeat, source: str, device_id: str, via: Source) -> None:
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 
-from ollana.discovery.claims import Verdict, rehomes
+from ollana.discovery.claims import Verdict, asks_again, rehomes
 from ollana.discovery.packet import Heartbeat
 from ollana.discovery.peers import ChangeKind, PeerTable, listed, routable
 
@@ -68,3 +68,15 @@ def test_a_check_that_failed_after_a_newer_one_passed_changes_nothing() -> None:
     failed = t.mark_failed(key(1), 4.0, since=2.5)  # one started after the answer: it counts
     assert failed is not None and failed.kind is ChangeKind.UNHEALTHY
     assert t.mark_failed(key(1), 4.1) is None  # (already unhealthy) and a request's failure counts
+
+
+def test_a_first_check_is_asked_again_only_for_a_heartbeat_heard_while_it_ran() -> None:
+    t = PeerTable()
+    t.observe(hb(1), "10.0.0.1", 0.0)  # its first check starts at 0.1 and times out at 3.1
+    peer = t.get(key(1))
+    assert not asks_again(peer, 0.1)  # not heard meanwhile: its next heartbeat asks again
+    t.observe(hb(1), "10.0.0.1", 2.0)  # heard while the check ran (the offer found it busy)
+    assert asks_again(peer, 0.1)
+    assert not asks_again(t.get(key(9)), 0.1)  # gone meanwhile
+    t.mark_healthy(key(1), 1.0, 3.0)
+    assert not asks_again(peer, 0.1)  # proven meanwhile (another check)

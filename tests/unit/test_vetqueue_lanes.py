@@ -1,55 +1,47 @@
-"""The check queue's lanes: a node's first check before other claims, without starving them.
+"""The check queue's lanes: a node's first check in slots of its own, other claims in theirs.
 
 A client starting on a LAN of dual-stack servers hears each one on two or three addresses at
-once; every server's first check must start before the checks of the servers' other addresses
-(which may not answer, each then holding a slot for a whole timeout). Pure: no sockets, no clock.
+once; every server's first check must start without waiting behind the checks of the servers'
+other addresses (which may not answer, each then holding a slot for a whole timeout), and a
+flood of forged new nodes must not keep a known node's new address from being checked. Pure:
+no sockets, no clock.
 """
 
 from __future__ import annotations
 
 from ollana.discovery.vetqueue import Lane, Limits, Offer, VetQueue, next_lane
 
-LIMITS = Limits(known_slots=2, unknown_slots=8, reserved_slots=2, max_waiting=64, rate=1000, burst=1000)
+LIMITS = Limits(known_slots=2, new_slots=4, unknown_slots=2, max_waiting=64, rate=1000, burst=1000)
 
 
-def test_first_checks_start_before_other_addresses_heard_at_the_same_time() -> None:
+def test_first_checks_do_not_wait_behind_other_addresses_heard_at_the_same_time() -> None:
     q: VetQueue[str] = VetQueue(LIMITS)
-    for n in range(20):  # each server heard on IPv4 (its first check), then on its link-local address
-        assert q.offer(f"first{n}", f"10.0.0.{n}", Lane.NEW, 0.0)[0] is Offer.QUEUED
+    for n in range(10):  # each server heard on its link-local address, then on IPv4 (its first check)
         assert q.offer(f"proof{n}", f"fe80::{n}", Lane.UNKNOWN, 0.0)[0] is Offer.QUEUED
-    started = [q.take() for _ in range(8)]
-    # Six first checks, two slots kept for the other claims while they wait.
-    assert started == [(f"first{n}", Lane.NEW) for n in range(6)] + [("proof0", Lane.UNKNOWN), ("proof1", Lane.UNKNOWN)]
-    assert q.take() is None
-    q.done("proof0")
-    assert q.take() == ("proof2", Lane.UNKNOWN)  # the reserved slot stays with the other claims
+        assert q.offer(f"first{n}", f"10.0.0.{n}", Lane.NEW, 0.0)[0] is Offer.QUEUED
+    started = [q.take() for _ in range(7)]
+    assert started == [(f"first{n}", Lane.NEW) for n in range(4)] + [("proof0", Lane.UNKNOWN),
+                                                                      ("proof1", Lane.UNKNOWN), None]
+    q.done("proof0")  # (timed out)
+    assert q.take() == ("proof2", Lane.UNKNOWN)
     q.done("first0")
-    assert q.take() == ("first6", Lane.NEW)
-
-
-def test_first_checks_take_every_slot_while_no_other_claim_waits() -> None:
-    q: VetQueue[str] = VetQueue(LIMITS)
-    for n in range(10):
-        q.offer(f"first{n}", f"10.0.0.{n}", Lane.NEW, 0.0)
-    assert [q.take() for _ in range(9)] == [(f"first{n}", Lane.NEW) for n in range(8)] + [None]
-    q.offer("proof", "fe80::1", Lane.UNKNOWN, 0.0)
-    q.done("first0")
-    # Eight first checks running: the first slot that frees goes to the waiting claim (its reserve).
-    assert q.take() == ("proof", Lane.UNKNOWN)
+    assert q.take() == ("first4", Lane.NEW)
 
 
 def test_a_flood_of_forged_new_nodes_never_starves_a_known_nodes_new_address() -> None:
     q: VetQueue[str] = VetQueue(LIMITS)
     for n in range(60):  # forged node IDs from 60 addresses, each check hanging until its timeout
         q.offer(f"forged{n}", f"10.9.0.{n}", Lane.NEW, 0.0)
-    assert all(q.take() is not None for _ in range(8)) and q.take() is None
+    assert all(q.take() is not None for _ in range(4)) and q.take() is None
     assert q.offer("restart", "10.0.0.1", Lane.UNKNOWN, 0.0)[0] is Offer.QUEUED
-    q.done("forged0")
-    assert q.take() == ("restart", Lane.UNKNOWN)
+    assert q.take() == ("restart", Lane.UNKNOWN)  # at once: its own slots
+    assert q.offer("paired", "10.0.0.2", Lane.KNOWN, 0.0)[0] is Offer.QUEUED
+    assert q.take() == ("paired", Lane.KNOWN)
 
 
 def test_new_checks_pass_the_same_rates_and_bound_as_other_claims() -> None:
-    q: VetQueue[str] = VetQueue(Limits(unknown_slots=0, max_waiting=4, source_gap=1.0, rate=10.0, burst=3.0))
+    q: VetQueue[str] = VetQueue(Limits(new_slots=0, unknown_slots=0, max_waiting=4, source_gap=1.0,
+                                       rate=10.0, burst=3.0))
     assert q.offer("a", "10.0.0.1", Lane.NEW, 0.0)[0] is Offer.QUEUED
     assert q.offer("b", "10.0.0.1", Lane.UNKNOWN, 0.0)[0] is Offer.SOURCE_RATE  # one source, both lanes
     assert q.offer("c", "10.0.0.2", Lane.UNKNOWN, 0.0)[0] is Offer.QUEUED
@@ -62,12 +54,9 @@ def test_new_checks_pass_the_same_rates_and_bound_as_other_claims() -> None:
 
 def test_next_lane_is_a_pure_function_of_counts() -> None:
     w = {Lane.KNOWN: 1, Lane.NEW: 5, Lane.UNKNOWN: 5}
-    assert next_lane(w, {Lane.KNOWN: 0}, LIMITS) is Lane.KNOWN
-    assert next_lane(w, {Lane.KNOWN: 2, Lane.NEW: 5}, LIMITS) is Lane.NEW
-    assert next_lane(w, {Lane.KNOWN: 2, Lane.NEW: 6}, LIMITS) is Lane.UNKNOWN
-    assert next_lane(w, {Lane.KNOWN: 2, Lane.NEW: 6, Lane.UNKNOWN: 2}, LIMITS) is None
-    assert next_lane({Lane.NEW: 5}, {Lane.NEW: 7}, LIMITS) is Lane.NEW
-    assert next_lane({Lane.UNKNOWN: 1}, {Lane.NEW: 8}, LIMITS) is None
+    assert next_lane(w, {}, LIMITS) is Lane.KNOWN
+    assert next_lane(w, {Lane.KNOWN: 2, Lane.NEW: 3}, LIMITS) is Lane.NEW
+    assert next_lane(w, {Lane.KNOWN: 2, Lane.NEW: 4}, LIMITS) is Lane.UNKNOWN
+    assert next_lane(w, {Lane.KNOWN: 2, Lane.NEW: 4, Lane.UNKNOWN: 2}, LIMITS) is None
+    assert next_lane({Lane.UNKNOWN: 1}, {Lane.NEW: 4, Lane.KNOWN: 2}, LIMITS) is Lane.UNKNOWN
     assert next_lane({}, {}, LIMITS) is None
-    # No reserve asked: strictly first checks first.
-    assert next_lane(w, {Lane.KNOWN: 8, Lane.NEW: 7}, Limits(unknown_slots=8, reserved_slots=0)) is Lane.NEW
