@@ -119,3 +119,10 @@ def asks_again(peer: Peer | None, started: float) -> bool:
     machine sees its first checks time out together, and would wait for each one's next
     heartbeat). Never more checks than heartbeats: a forged server gets no extra ones."""
     return peer is not None and not peer.proven and peer.last_seen > started
+
+
+def checked_lately(peer: Peer, now: float, interval: float) -> bool:
+    """Whether a round of health checks skips ``peer``: it answered one less than half an
+    interval ago (its first check, say: 20 servers found at once are not all asked twice within
+    a second, on a LAN where every client just started)."""
+    return now - peer.last_answer < interval / 2

@@ -14,6 +14,7 @@ import aiohttp
 import structlog
 
 from ollana.config import Role, Trust
+from ollana.discovery.claims import checked_lately
 from ollana.discovery.links import LinkChange
 from ollana.discovery.mdns_io import MdnsBrowser
 from ollana.discovery.packet import Goodbye, Heartbeat, Packet, Probe
@@ -270,11 +271,13 @@ class ClientNode:
             self._check_now.clear()
             due, self._due = self._due, set()
             now = self._rt.clock()
-            if due is None or now - last_round >= interval:
-                due, last_round = None, now  # a full round: every peer, every interval
+            every = due is None  # (asked for: every peer now)
+            if every or now - last_round >= interval:
+                last_round = now  # a full round, every interval: every peer but those just checked
             # An early wake-up checks only the peers that caused it: 20 servers found one after
             # another cost 20 checks, not 20 rounds of all of them.
-            peers = [p for p in self._table if listed(p) and (due is None or p.key in due)]
+            peers = [p for p in self._table if listed(p) and (every or p.key in (due or ()) or (
+                last_round == now and not checked_lately(p, now, interval)))]
             if peers:
                 results = await asyncio.gather(*(self._check(p, timeout) for p in peers), return_exceptions=True)
                 for peer, result in zip(peers, results, strict=True):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 
-from ollana.discovery.claims import Verdict, asks_again, rehomes
+from ollana.discovery.claims import Verdict, asks_again, checked_lately, rehomes
 from ollana.discovery.packet import Heartbeat
 from ollana.discovery.peers import ChangeKind, PeerTable, listed, routable
 
@@ -80,3 +80,13 @@ def test_a_first_check_is_asked_again_only_for_a_heartbeat_heard_while_it_ran() 
     assert not asks_again(t.get(key(9)), 0.1)  # gone meanwhile
     t.mark_healthy(key(1), 1.0, 3.0)
     assert not asks_again(peer, 0.1)  # proven meanwhile (another check)
+
+
+def test_a_round_of_health_checks_skips_a_server_that_answered_within_half_an_interval() -> None:
+    t = PeerTable()
+    t.observe(hb(1), "10.0.0.1", 0.0)
+    peer = t.get(key(1))
+    assert peer is not None and not checked_lately(peer, 0.5, 2.0)  # never answered
+    t.mark_healthy(key(1), 1.0, 1.0)  # its first check passed at 1.0
+    assert checked_lately(peer, 1.9, 2.0)  # the round at 1.9 skips it
+    assert not checked_lately(peer, 2.0, 2.0)  # the one at 3.9 (or any from 2.0) asks it
