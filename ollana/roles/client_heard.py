@@ -118,12 +118,13 @@ class Intake:
             self._announced(self._table.get(hb.node_id.hex()), hb.catalog_gen)
 
     def check_first(self, peer: Peer, now: float) -> None:
-        """A discovered server that has not answered yet: its first health check, queued before
-        checks of other addresses (``Lane.NEW``)."""
-        key = peer.key
-        self._offer(("first", key), peer.endpoint.host, Lane.NEW, lambda: self._first(key), now)
+        """A discovered server that has not answered yet: its first health check, in a lane of its
+        own (``Lane.NEW``). One per address: an entry that moved to a better one (``rehomes``) is
+        asked there at once, not after a check of the old one hangs until its timeout."""
+        key, where = peer.key, ("first", peer.key, str(peer.endpoint))
+        self._offer(where, peer.endpoint.host, Lane.NEW, lambda: self._first(key, where), now)
 
-    async def _first(self, key: str) -> None:
+    async def _first(self, key: str, where: Hashable) -> None:
         peer = self._table.get(key)
         if peer is None or peer.proven:
             return
@@ -131,7 +132,7 @@ class Intake:
         await self._first_check(peer)
         again = self._table.get(key)
         if asks_again(again, started) and again is not None:
-            self.queue.done(("first", key))  # (this check ended: the heartbeat heard meanwhile asks again)
+            self.queue.done(where)  # (this check ended: the heartbeat heard meanwhile asks again)
             self.check_first(again, self._clock())
 
     async def _vet(self, vetting: ServerVetting, hb: Heartbeat, source: str, device_id: str, via: Source) -> None:
