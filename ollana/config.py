@@ -91,6 +91,10 @@ class Timings:
     no_peer_grace: float = 3.0
     # Timeout of one health check (upstream Ollama or peer proxy).
     health_timeout: float = 1.5
+    # Timeout of a discovered server's first check, the one that lists it: longer, since clients
+    # start when many things do (a LAN of servers at once, a busy machine) and a slow first answer
+    # costs the next heartbeat's retry. A forged server holds one first-check slot this long.
+    first_check_timeout: float = 3.0
     # Graceful shutdown: how long in-flight requests may take to finish.
     grace: float = 10.0
     # How often a running node looks for `ollana device allow/disable` (devices.json).

@@ -101,3 +101,28 @@ def moves(peer: Peer, source_ip: str, now: float, *, mdns: bool, multicast_heard
     if mdns:
         return not multicast_heard
     return not _fresh(peer, now)
+
+
+def rehomes(peer: Peer, hb: Heartbeat, source_ip: str) -> bool:
+    """Whether a heartbeat moves an entry that has proven nothing yet (its first check is still
+    to come) to ``source_ip``, a preferred address (``links.preference``) of the same instance
+    and port: the first check then asks there. It proves nothing (the check does), and the entry
+    keeps only that address: one heard before it is believed only once it answers itself."""
+    return (not peer.proven and peer.instance_id == hb.instance_id.hex() and peer.endpoint.port == hb.proxy_port
+            and preference(source_ip) < preference(peer.endpoint.host))
+
+
+def asks_again(peer: Peer | None, started: float) -> bool:
+    """Whether a discovered server's first check, started at ``started`` and ended unanswered,
+    is queued again at once: only if it was heard meanwhile. That heartbeat found the check busy
+    and was dropped as a duplicate; it is not lost (a client starting with many servers on a busy
+    machine sees its first checks time out together, and would wait for each one's next
+    heartbeat). Never more checks than heartbeats: a forged server gets no extra ones."""
+    return peer is not None and not peer.proven and peer.last_seen > started
+
+
+def checked_lately(peer: Peer, now: float, interval: float) -> bool:
+    """Whether a round of health checks skips ``peer``: it answered one less than half an
+    interval ago (its first check, say: 20 servers found at once are not all asked twice within
+    a second, on a LAN where every client just started)."""
+    return now - peer.last_answer < interval / 2

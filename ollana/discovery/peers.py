@@ -69,6 +69,7 @@ class Peer:
     rtt_ms: float | None = None
     inflight: int = 0
     last_failure: float = -math.inf
+    last_answer: float = -math.inf  # when a check last passed: a slower, older check's failure loses
     # Other addresses the same node was heard on, with when: used if the current one goes quiet.
     addresses: dict[str, float] = field(default_factory=dict)
     # Every path the server is known by now, with when it was last heard there (``source`` is
@@ -172,11 +173,13 @@ class PeerTable:
             self._admit(peer)
         else:
             verdict = self.judge(hb, source_ip, now, device_id, via)
-            if verdict in (Verdict.REPLAY, Verdict.IDENTITY_TAKEN) or (verdict is Verdict.NEEDS_PROOF and not proven):
+            rehome = verdict is Verdict.NEEDS_PROOF and not proven and claims.rehomes(peer, hb, source_ip)
+            if verdict in (Verdict.REPLAY, Verdict.IDENTITY_TAKEN) or (verdict is Verdict.NEEDS_PROOF and not proven and not rehome):
                 return None
-            if peer.instance_id != hb.instance_id.hex() or (device_id or peer.device_id) != peer.device_id:
-                kind = ChangeKind.RESTARTED
-                # A restarted server deserves a fresh start: forget what the old process did.
+            if rehome or peer.instance_id != hb.instance_id.hex() or (device_id or peer.device_id) != peer.device_id:
+                # A restarted server deserves a fresh start: forget what the old process did. (An
+                # unproven entry keeps only the better address: its first check goes there.)
+                kind = ChangeKind.MOVED if rehome else ChangeKind.RESTARTED
                 peer.healthy, peer.rtt_ms = peer.answered, None
                 peer.addresses.clear()
                 peer.seqs.clear()
@@ -235,8 +238,7 @@ class PeerTable:
         return None if peer.heard else self._remove(key, ChangeKind.REMOVED)
 
     def heard_by(self, key: str, via: Source) -> bool:
-        peer = self._peers.get(key)
-        return peer is not None and via in peer.heard
+        return (peer := self._peers.get(key)) is not None and via in peer.heard
 
     def forget_addresses(self, gone: Collection[str], now: float) -> list[Change]:
         """Addresses that no longer reach us (heard only on a link that vanished or changed
@@ -299,21 +301,21 @@ class PeerTable:
 
     def _remove(self, key: str, kind: ChangeKind) -> Change | None:
         self._unproven.pop(key, None)
-        peer = self._peers.pop(key, None)
-        if peer is None:
+        if (peer := self._peers.pop(key, None)) is None:
             return None
-        if self._current == key:
-            self._current = None
+        self._current = None if self._current == key else self._current
         return Change(kind, peer)
 
     # -- health input ----------------------------------------------------------------------
 
-    def mark_failed(self, key: str, now: float, *, answered: bool = False, pinned: bool = False) -> Change | None:
+    def mark_failed(self, key: str, now: float, *, answered: bool = False, pinned: bool = False,
+                    since: float = math.inf) -> Change | None:
         """A check or request failed; ``answered``: the server did answer (a 403, a bad status),
         so it is there, whatever its record says; ``pinned``: over a connection pinned to its
-        certificate, so it is that device (a last resort for requests from now on)."""
+        certificate, so it is that device (a last resort for requests from now on); ``since``:
+        when it started (a check that passed meanwhile is newer news)."""
         peer = self._peers.get(key)
-        if peer is None:
+        if peer is None or peer.last_answer > since:
             return None
         if answered and pinned:
             peer.answered = peer.proven = True
@@ -332,7 +334,7 @@ class PeerTable:
         peer = self._peers.get(key)
         if peer is None:
             return None
-        first, peer.answered, peer.proven = not peer.proven, True, True
+        first, peer.answered, peer.proven, peer.last_answer = not peer.proven, True, True, now
         self._unproven.pop(key, None)
         if rtt_ms is not None:
             # Smooth like TCP's SRTT so one slow answer does not reorder servers.
@@ -349,13 +351,11 @@ class PeerTable:
         return None
 
     def begin(self, key: str) -> None:
-        peer = self._peers.get(key)
-        if peer is not None:
+        if (peer := self._peers.get(key)) is not None:
             peer.inflight += 1
 
     def end(self, key: str) -> None:
-        peer = self._peers.get(key)
-        if peer is not None and peer.inflight > 0:
+        if (peer := self._peers.get(key)) is not None and peer.inflight > 0:
             peer.inflight -= 1
 
     def settle(self, key: str) -> None:

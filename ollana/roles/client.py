@@ -14,6 +14,7 @@ import aiohttp
 import structlog
 
 from ollana.config import Role, Trust
+from ollana.discovery.claims import checked_lately
 from ollana.discovery.links import LinkChange
 from ollana.discovery.mdns_io import MdnsBrowser
 from ollana.discovery.packet import Goodbye, Heartbeat, Packet, Probe
@@ -85,11 +86,11 @@ class ClientNode:
         self._beyond: Beyond | None = None
         # Servers in the other trust mode: said once per node, never used.
         self._mismatch = RateLimiter(math.inf)
-        health = aiohttp.ClientTimeout(total=rt.config.timings.health_timeout)
+        first = aiohttp.ClientTimeout(total=rt.config.timings.first_check_timeout)
         self._intake = Intake(
             self._table, self._vetting, trust=rt.config.trust.value, session=rt.session,
             timeout=rt.config.timings.health_timeout, clock=rt.clock, apply=self._apply,
-            announced=self._announced, first_check=lambda peer: self._check(peer, health),
+            announced=self._announced, first_check=lambda peer: self._check(peer, first),
             other_mode=self._route.other_mode,
         )
         # Forged floods make unproven servers come and go: their lines are rate-limited.
@@ -192,8 +193,10 @@ class ClientNode:
     # -- catalogues ------------------------------------------------------------------------
 
     def _announced(self, peer: Peer | None, generation: int | None = None) -> None:
-        """A server said which catalogue it has: fetch it if it is not the one held."""
-        if peer is not None and self._route_policy_usable(peer):
+        """A server said which catalogue it has: fetch it if it is not the one held. Not from a
+        server that has not proven itself yet: a forged heartbeat must not make us fetch (its
+        first check that passes asks for the catalogue)."""
+        if peer is not None and listed(peer) and self._route_policy_usable(peer):
             self._catalogs.announced(peer, generation, self._spawn)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
@@ -268,11 +271,13 @@ class ClientNode:
             self._check_now.clear()
             due, self._due = self._due, set()
             now = self._rt.clock()
-            if due is None or now - last_round >= interval:
-                due, last_round = None, now  # a full round: every peer, every interval
+            every = due is None  # (asked for: every peer now)
+            if every or now - last_round >= interval:
+                last_round = now  # a full round, every interval: every peer but those just checked
             # An early wake-up checks only the peers that caused it: 20 servers found one after
             # another cost 20 checks, not 20 rounds of all of them.
-            peers = [p for p in self._table if listed(p) and (due is None or p.key in due)]
+            peers = [p for p in self._table if listed(p) and (every or p.key in (due or ()) or (
+                last_round == now and not checked_lately(p, now, interval)))]
             if peers:
                 results = await asyncio.gather(*(self._check(p, timeout) for p in peers), return_exceptions=True)
                 for peer, result in zip(peers, results, strict=True):
@@ -298,7 +303,7 @@ class ClientNode:
             tls = vetting.context(peer)
             if tls is None:
                 return  # not paired: never asked anything but the hello
-        started = time.perf_counter()
+        started, since, asked = time.perf_counter(), self._rt.clock(), peer.endpoint
         try:
             async with self._rt.session.get(
                 peer.url + "/ollana/v1/status", timeout=timeout, ssl=tls if tls is not None else True,
@@ -326,12 +331,15 @@ class ClientNode:
         except (TimeoutError, aiohttp.ClientError, ValueError, OSError, PeerIdentityMismatch, OtherNode) as exc:
             log.debug("peer_check_failed", peer=peer.key, error=str(exc) or type(exc).__name__)
             answered = isinstance(exc, ValueError)  # (a 403 over the pinned context: it is that device)
-            log_change(self._table.mark_failed(peer.key, self._rt.clock(), answered=answered, pinned=tls is not None))
+            log_change(self._table.mark_failed(peer.key, self._rt.clock(), answered=answered, pinned=tls is not None,
+                                               since=since))
             if vetting is not None and peer.device_id is not None:
                 await self._after_failed_check(vetting, peer, exc)
             elif vetting is None and peer.source in BY_ADDRESS:
                 await self._tell_if_tls(peer)
             return
+        if not peer.proven and peer.endpoint != asked:
+            return  # moved to a better address meanwhile (claims.rehomes): that one must answer itself
         if tls is not None and peer.device_id is not None and self._rt.devices is not None:
             # LAST SEEN of `ollana device list` on a client: when this paired server last answered.
             self._rt.devices.store.touch_last_seen(peer.device_id, self._rt.devices.wall())

@@ -19,7 +19,7 @@ import aiohttp
 import structlog
 
 from ollana.config import Endpoint, bracketed
-from ollana.discovery.claims import Claim, Verdict
+from ollana.discovery.claims import Claim, Verdict, asks_again, rehomes
 from ollana.discovery.packet import TRUST_DEVICES, Heartbeat
 from ollana.discovery.peers import Change, Peer, PeerTable, Source
 from ollana.discovery.vetqueue import Lane, Offer, VetQueue
@@ -84,6 +84,10 @@ class Intake:
             self._dropped(verdict.value, hb, source, now)
             return
         if vetting is None or device_id is None:
+            known = self._table.get(hb.node_id.hex())
+            if verdict is Verdict.NEEDS_PROOF and known is not None and rehomes(known, hb, source):
+                self.observe(hb, source, now, None, via)  # not proven yet: its first check asks here
+                return
             if verdict is Verdict.NEEDS_PROOF:
                 claim = Claim.of(hb, source)
                 self._offer(("proof", claim), source, Lane.UNKNOWN, lambda: self._prove(hb, claim, via), now)
@@ -97,8 +101,9 @@ class Intake:
         if answer:
             self.observe(hb, source, now, device_id, via, proven=True)
         elif answer is None:
-            # A server that proved this very claim before is re-checked first, in its own lane.
-            lane = Lane.KNOWN if verdict is Verdict.REFRESH else Lane.UNKNOWN
+            # A server that proved this very claim before is re-checked first, in its own lane;
+            # a node heard for the first time before a known node's new address or device ID.
+            lane = Lane.KNOWN if verdict is Verdict.REFRESH else Lane.NEW if verdict is None else Lane.UNKNOWN
             node = hb.node_id.hex()
             if verdict is None and node in self._new_nodes:
                 return  # a new node is checked at one address at a time: the first one heard first
@@ -113,14 +118,22 @@ class Intake:
             self._announced(self._table.get(hb.node_id.hex()), hb.catalog_gen)
 
     def check_first(self, peer: Peer, now: float) -> None:
-        """A discovered server that has not answered yet: its first health check, queued."""
-        key = peer.key
-        self._offer(("first", key), peer.endpoint.host, Lane.UNKNOWN, lambda: self._first(key), now)
+        """A discovered server that has not answered yet: its first health check, in a lane of its
+        own (``Lane.NEW``). One per address: an entry that moved to a better one (``rehomes``) is
+        asked there at once, not after a check of the old one hangs until its timeout."""
+        key, where = peer.key, ("first", peer.key, str(peer.endpoint))
+        self._offer(where, peer.endpoint.host, Lane.NEW, lambda: self._first(key, where), now)
 
-    async def _first(self, key: str) -> None:
+    async def _first(self, key: str, where: Hashable) -> None:
         peer = self._table.get(key)
-        if peer is not None and not peer.proven:
-            await self._first_check(peer)
+        if peer is None or peer.proven:
+            return
+        started = self._clock()
+        await self._first_check(peer)
+        again = self._table.get(key)
+        if asks_again(again, started) and again is not None:
+            self.queue.done(where)  # (this check ended: the heartbeat heard meanwhile asks again)
+            self.check_first(again, self._clock())
 
     async def _vet(self, vetting: ServerVetting, hb: Heartbeat, source: str, device_id: str, via: Source) -> None:
         try:
