@@ -36,7 +36,7 @@ class GuardedTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         watcher = self.watcher
-        if not watcher.responded and bytes(data[:12]) != _CONTINUE:
+        if not watcher.responded and data[:12] != _CONTINUE:  # (bytes-likes compare by content)
             watcher.responded = True
         self._t.write(data)
 

@@ -11,6 +11,7 @@ role's status document at scrape time (``collect.py``), so nothing has to be kep
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -22,7 +23,7 @@ from ollana.fleet.catalog import SERVER_HEADER
 from ollana.observe.collect import StatusCollector
 from ollana.observe.labels import OTHER, Bounded, model_label, route_name, status_label
 from ollana.observe.recent import RecentRequests
-from ollana.observe.tally import RequestTally, Series
+from ollana.observe.tally import LATENCY_BUCKETS, RequestTally, Series
 
 # At most this many distinct servers and models get their own series; the rest are "other".
 MAX_SERVERS: Final = 64
@@ -101,8 +102,10 @@ class Metrics:
     def model_label(self, model: str, listed: Callable[[str], bool]) -> str:
         return model_label(model, listed, self._models)
 
-    def wall(self) -> float:
-        return self._wall()
+    @property
+    def wall_clock(self) -> Callable[[], float]:
+        """The wall clock (time.time unless a test gives another)."""
+        return self._wall
 
 
 class RequestObserver:
@@ -112,7 +115,8 @@ class RequestObserver:
         self._m = metrics
         self._role = role
         self._listed = listed
-        self._recent = recent
+        self._recent_add = recent.add
+        self._wall = metrics.wall_clock
         # A plain count, read at scrape time: a gauge's lock twice per request costs more.
         self.active = 0
         metrics.in_flight.labels(role).set_function(lambda: self.active)
@@ -143,8 +147,14 @@ class RequestObserver:
                 self._seen[seen] = series
         series.requests += 1
         series.sent += sent
+        # Hist.observe, inlined: this runs for every request.
         if trip.first_byte is not None:
-            series.first_byte.observe(trip.first_byte - trip.started)
-        series.duration.observe(elapsed)
+            waited = trip.first_byte - trip.started
+            hist = series.first_byte
+            hist.counts[bisect_left(LATENCY_BUCKETS, waited)] += 1
+            hist.total += waited
+        hist = series.duration
+        hist.counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+        hist.total += elapsed
         if not path.startswith(OWN_PREFIX):  # the page's own polling would crowd out the rest
-            self._recent.add((m.wall(), method, path, trip.model, trip.server, status, elapsed))
+            self._recent_add((self._wall(), method, path, trip.model, trip.server, status, elapsed))

@@ -65,7 +65,7 @@ def status_pages(
     def dashboard_json() -> web.Response:
         doc = status()
         body = dashboard.document(doc, servers(doc), metrics.recent(role),
-                                  dashboard.pending_entries(devices.store.pending() if devices else ()), metrics.wall())
+                                  dashboard.pending_entries(devices.store.pending() if devices else ()), metrics.wall_clock())
         return web.Response(body=json.dumps(body).encode(), headers={
             **_COMMON, "Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-store",
         })
