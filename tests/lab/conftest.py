@@ -13,6 +13,7 @@ from tests.lab.netns import (
     LabUnavailable,
     cleanup_stale_log_dirs,
     cleanup_stale_namespaces,
+    raise_neighbour_limits,
     unavailable_reason,
 )
 
@@ -34,7 +35,8 @@ def _unavailable(reason: str) -> NoReturn:
 
 @pytest.fixture(scope="session")
 def _lab_ready() -> None:
-    """Check the machine once per session and clear namespaces of killed earlier runs."""
+    """Check the machine once per session, clear namespaces of killed earlier runs and make the
+    kernel's shared neighbour table big enough for the largest lab."""
     reason = unavailable_reason()
     if reason is not None:
         _unavailable(reason)
@@ -43,6 +45,7 @@ def _lab_ready() -> None:
     except Exception as exc:  # noqa: BLE001 - whatever fails, the lab is unavailable: skip with why
         _unavailable(f"cannot list network namespaces: {exc}")
     cleanup_stale_log_dirs()
+    raise_neighbour_limits()
 
 
 @pytest.fixture

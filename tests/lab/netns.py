@@ -191,6 +191,31 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+# The kernel keeps one neighbour table (ARP, NDP) for all namespaces, sized for one machine
+# (gc_thresh3: 1,024 entries). The 20x20 lab overflows it ("neighbor table overflow" in dmesg),
+# and an IPv6 send then fails with EINVAL, a link-local check hangs: a lab artefact, not ollana's.
+# Raised for the lab, largest first (the kernel wants thresh1 <= thresh2 <= thresh3), never lowered.
+_NEIGH_LIMITS: Final = (("gc_thresh3", 32768), ("gc_thresh2", 16384), ("gc_thresh1", 4096))
+
+
+def raise_neighbour_limits() -> list[str]:
+    """Raise the host's neighbour table limits for a lab of many hosts (host-wide, left raised:
+    a larger table harms nothing, and lowering it could break a lab running next to this one).
+    Returns what was changed; a limit that cannot be written (a container) is left as it is."""
+    changed = []
+    for family in ("ipv4", "ipv6"):
+        for key, want in _NEIGH_LIMITS:
+            path = Path(f"/proc/sys/net/{family}/neigh/default/{key}")
+            try:
+                have = int(path.read_text())
+                if have < want:
+                    path.write_text(f"{want}\n")
+                    changed.append(f"net.{family}.neigh.default.{key} {have} -> {want}")
+            except (OSError, ValueError):
+                continue
+    return changed
+
+
 def cleanup_stale_namespaces() -> list[str]:
     """Delete lab namespaces left behind by runs whose process is gone.
 

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Final
 
 import pytest
@@ -240,3 +241,10 @@ def test_stale_namespaces_of_dead_runs_are_removed(_lab_ready: None) -> None:
     finally:
         for ns in (stale, live):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def test_the_shared_neighbour_table_fits_the_largest_lab(lab: Lab) -> None:
+    # One table for every namespace: the 20x20 lab overflowed the default 1,024 entries.
+    for family in ("ipv4", "ipv6"):
+        limit = int(Path(f"/proc/sys/net/{family}/neigh/default/gc_thresh3").read_text())
+        assert limit >= 32768, (family, limit)
