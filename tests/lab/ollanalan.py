@@ -32,6 +32,9 @@ class Node:
 
 FAKE_READY = r"fakeollama listening on"
 SERVING = r'"event": "serving"'
+# Start-up (Python, imports, keys) takes about a second; while 40 lab hosts start next door it
+# took up to 19 s. A wait for a process to come up returns as soon as it does.
+START_TIMEOUT = 60.0
 
 
 def start_fake(host: Host, *args: str, port: int = 11434, wait: bool = True) -> subprocess.Popen[bytes]:
@@ -41,7 +44,7 @@ def start_fake(host: Host, *args: str, port: int = 11434, wait: bool = True) -> 
         log_name=f"fake-{host.name}",
     )
     if wait:
-        host.wait_for_line(proc, FAKE_READY, timeout=15)
+        host.wait_for_line(proc, FAKE_READY, timeout=START_TIMEOUT)
     return proc
 
 
@@ -61,7 +64,7 @@ def start_ollana(
     argv = ollana_argv("--log-format", "json", *args, trust=trust, interval=interval)
     proc = host.popen(argv, env=full_env, log_name=f"ollana-{host.name}")
     if wait:
-        host.wait_for_line(proc, SERVING, timeout=15)
+        host.wait_for_line(proc, SERVING, timeout=START_TIMEOUT)
     return proc
 
 

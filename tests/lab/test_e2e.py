@@ -14,6 +14,7 @@ import pytest
 from tests.lab.netns import Lab
 from tests.lab.ollanalan import (
     INTERVAL,
+    START_TIMEOUT,
     Lan,
     Watcher,
     build,
@@ -91,7 +92,7 @@ def test_server_started_after_client_is_usable_within_1s(lab: Lab, figure: Calla
         host = lan.servers[0].host
     watch = Watcher(lan.client.host, "wait-ok", "--timeout", "15")
     proc = start_ollana(host, wait=False, trust=trust)
-    line = host.wait_for_line(proc, r'^.*"event": "serving".*$', timeout=15).group(0)
+    line = host.wait_for_line(proc, r'^.*"event": "serving".*$', timeout=START_TIMEOUT).group(0)
     ready_at = datetime.fromisoformat(json.loads(line)["timestamp"]).timestamp()
     out = watch.result()
     assert out["ok"], out

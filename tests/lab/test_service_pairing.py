@@ -26,6 +26,7 @@ from tests.lab.netns import Host, Lab
 from tests.lab.ollanalan import (
     INTERVAL,
     SERVING,
+    START_TIMEOUT,
     Watcher,
     device,
     device_id,
@@ -86,7 +87,7 @@ def test_root_pairs_a_server_running_as_its_service_user(lab: Lab, service_dirs:
                       "--trust", "devices", "--log-format", "json", "--state-dir", str(state),
                       "--pid-file", str(run / "ollana.pid")],
                      env={"OLLANA_LOG": "info"}, log_name="ollana-s")
-    s.wait_for_line(server, SERVING, timeout=15)
+    s.wait_for_line(server, SERVING, timeout=START_TIMEOUT)
     start_ollana(c, trust="devices")
 
     # `status` finds the service by its runtime record: no --pid-file.
