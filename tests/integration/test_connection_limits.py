@@ -171,7 +171,7 @@ async def test_half_sent_head_gets_408_json(ids: dict[str, Identity], tls: bool)
     # A head deadline longer than a stall of this busy process: with 0.4 s, a stall between the
     # accept and the read let uvloop run the timer (timers first) before the bytes were read,
     # and the guard rightly dropped a connection that had said nothing yet.
-    limits = ConnLimits(head_timeout=2.0, idle_timeout=0.4, body_timeout=0.4, total=64)
+    limits = ConnLimits(head_timeout=2.0, idle_timeout=2.0, body_timeout=0.4, total=64)
     async with serving(ids, tls, limits) as target:
         status, body = await request(target, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Le")
         assert (status, body) == (408, {"error": "request head not received in time"})
