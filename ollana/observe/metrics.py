@@ -11,7 +11,6 @@ role's status document at scrape time (``collect.py``), so nothing has to be kep
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -23,7 +22,7 @@ from ollana.fleet.catalog import SERVER_HEADER
 from ollana.observe.collect import StatusCollector
 from ollana.observe.labels import OTHER, Bounded, model_label, route_name, status_label
 from ollana.observe.recent import RecentRequests
-from ollana.observe.tally import LATENCY_BUCKETS, RequestTally, Series
+from ollana.observe.tally import RequestTally, Series
 
 # At most this many distinct servers and models get their own series; the rest are "other".
 MAX_SERVERS: Final = 64
@@ -147,14 +146,8 @@ class RequestObserver:
                 self._seen[seen] = series
         series.requests += 1
         series.sent += sent
-        # Hist.observe, inlined: this runs for every request.
         if trip.first_byte is not None:
-            waited = trip.first_byte - trip.started
-            hist = series.first_byte
-            hist.counts[bisect_left(LATENCY_BUCKETS, waited)] += 1
-            hist.total += waited
-        hist = series.duration
-        hist.counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
-        hist.total += elapsed
+            series.first_byte.observe(trip.first_byte - trip.started)
+        series.duration.observe(elapsed)
         if not path.startswith(OWN_PREFIX):  # the page's own polling would crowd out the rest
             self._recent_add((self._wall(), method, path, trip.model, trip.server, status, elapsed))
