@@ -49,6 +49,13 @@ PROBE_ANSWER_GAP: Final = 0.2
 GOODBYE_REPEATS: Final = 2
 
 
+def answers_probe(*, announcing: bool, now: float, last_answer: float) -> bool:
+    """Whether a probe gets a heartbeat now: only while this server announces itself (its
+    Ollama answered, no goodbye said; a heartbeat after the goodbye would list a stopping server
+    again), and at most every PROBE_ANSWER_GAP."""
+    return announcing and now - last_answer >= PROBE_ANSWER_GAP
+
+
 class OllamaHealth:
     """Whether the local Ollama answers, checked with ``GET /api/version``."""
 
@@ -265,9 +272,10 @@ class ServerNode:
     def _on_packet(self, packet: Packet, source: str, now: float) -> None:
         if self._known is not None and isinstance(packet, (Heartbeat, Goodbye)):
             self._known.heard(packet, source, now)
-        if not isinstance(packet, Probe) or self._discovery is None or not self._health.up:
+        if not isinstance(packet, Probe) or self._discovery is None:
             return
-        if now - self._last_probe_answer < PROBE_ANSWER_GAP:
+        if not answers_probe(announcing=self._announcing and self._health.up, now=now,
+                             last_answer=self._last_probe_answer):
             return
         self._last_probe_answer = now
         log.debug("probe_answered", source=source)
