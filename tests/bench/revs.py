@@ -8,7 +8,12 @@ bench's "small" part) serves both. Rounds alternate between the two revisions, e
 own ``ollana serve --mode server --trust open --no-discovery`` on 127.0.0.1, warming it with
 2,000 requests, then timing ``hey -n N -c C``. Two figures per round: requests per second, and the
 server process's CPU time per request (utime + stime from /proc; steadier than throughput on a
-shared machine). The report gives each revision's median and the ratios this / baseline.
+shared machine). The report gives each revision's median and the ratios this / baseline, and the
+median and range of the per-round ratios (each round runs both, so a slow minute hits both).
+
+Noise control: the first revision to run alternates round by round (ABBA), and with two or more
+CPUs (``--pin``, the default) the ollana under test gets one CPU to itself while hey, nginx and
+this script share the others, so the figure is ollana's cost rather than the scheduler's mood.
 
 Everything binds 127.0.0.1; every process is stopped by its process group at the end.
 """
@@ -44,6 +49,16 @@ class Figures:
     failed: int = 0
 
 
+def pin_cpus() -> int | None:
+    """Keep this script and what it starts (hey, nginx) off one CPU, kept for the ollana under
+    test; that CPU's number, or None when there is only one CPU or no taskset."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or shutil.which("taskset") is None:
+        return None
+    os.sched_setaffinity(0, cpus[1:])
+    return cpus[0]
+
+
 def export(rev: str, into: Path) -> Path:
     tree = into / f"rev-{rev}"
     tree.mkdir()
@@ -58,8 +73,9 @@ def one_round(procs: Procs, name: str, tree: Path, upstream: int, args: argparse
     state.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("OLLAMA_HOST", "OLLANA_HOME")}
     env["PYTHONPATH"] = str(tree)  # with cwd=tree, that tree's `ollana` is the one imported
+    pin = ["taskset", "-c", str(args.server_cpu)] if args.server_cpu is not None else []
     proc = procs.start(name, [
-        sys.executable, "-m", "ollana", "serve", "--mode", "server", "--ollama", f"http://{HOST}:{upstream}",
+        *pin, sys.executable, "-m", "ollana", "serve", "--mode", "server", "--ollama", f"http://{HOST}:{upstream}",
         "--trust", "open", "--no-discovery", "--listen", f"{HOST}:{port}", "--state-dir", str(state),
         "--log-format", "json",
     ], env, cwd=tree)
@@ -88,7 +104,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                        help="give the ollana under test a CPU of its own (needs 2+ CPUs and taskset)")
     args = parser.parse_args()
+    args.server_cpu = pin_cpus() if args.pin else None
     print("command: python -m tests.bench.revs " + " ".join(sys.argv[1:]), flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="ollana-revs-"))
     procs = Procs(workdir)
@@ -98,7 +117,8 @@ def main() -> int:
         upstream = free_port()
         procs.nginx("nginx-static-upstream", upstream)
         for i in range(args.rounds):
-            for name, tree in trees.items():
+            order = list(trees.items()) if i % 2 == 0 else list(reversed(trees.items()))
+            for name, tree in order:
                 rps, cpu_us, failed = one_round(procs, name.replace(" ", "-"), tree, upstream, args)
                 fig = results[name]
                 fig.rps.append(rps)
@@ -110,13 +130,18 @@ def main() -> int:
         procs.close()
         shutil.rmtree(workdir, ignore_errors=True)
     base, this = results["baseline"], results["this tree"]
-    print(f"\nollana 1 hop, hey -n {args.requests} -c {args.connections}, {args.rounds} rounds in turn (median)")
+    pinned = f", ollana pinned to CPU {args.server_cpu}" if args.server_cpu is not None else ", not pinned"
+    print(f"\nollana 1 hop, hey -n {args.requests} -c {args.connections}, {args.rounds} rounds in turn{pinned} (median)")
     print("| revision | req/s | server CPU µs/request | failed |\n|---|---|---|---|")
     for name, fig in results.items():
         label = f"{name} ({args.baseline})" if name == "baseline" else name
         print(f"| {label} | {statistics.median(fig.rps):.0f} | {statistics.median(fig.cpu_us):.1f} | {fig.failed} |")
     print(f"| this / baseline | {statistics.median(this.rps) / statistics.median(base.rps):.3f} x "
           f"| {statistics.median(this.cpu_us) / statistics.median(base.cpu_us):.3f} x | |")
+    rps_r = [t / b for t, b in zip(this.rps, base.rps, strict=True)]
+    cpu_r = [t / b for t, b in zip(this.cpu_us, base.cpu_us, strict=True)]
+    print(f"| per-round ratios: median (min-max) | {statistics.median(rps_r):.3f} x ({min(rps_r):.2f}-{max(rps_r):.2f}) "
+          f"| {statistics.median(cpu_r):.3f} x ({min(cpu_r):.2f}-{max(cpu_r):.2f}) | |")
     return 1 if base.failed or this.failed else 0
 
 
